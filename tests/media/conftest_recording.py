@@ -155,3 +155,91 @@ def wait_until(condition: Callable[[], Any], *, timeout: float = 10.0, what: str
             return last
         time.sleep(0.02)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}; last value: {last!r}")
+
+
+# -- child processes (crash and disk-limit tests) ------------------------------------------
+#
+# Run as ``python -m tests.media.conftest_recording MODE ROOT SESSION``; the tests start it
+# with subprocess so a SIGKILL or a file-size limit hits a real recorder process.
+
+
+def _child_crash(root: str, session: str) -> None:
+    """Record camera + microphone, report when 3 s of media are on disk, then keep going."""
+    import asyncio
+    import sys
+    from pathlib import Path
+
+    from recordings.writer import SessionRecorder
+
+    async def main() -> None:
+        events = RecordedEvents()
+        recorder = SessionRecorder(session, Path(root), events)
+        camera, mic = vp8_track(640, 480, 30, 4.0), opus_track(4.0)
+        t0 = 1_700_000_000.0
+        writers = [
+            (recorder.open_track(track_info(session, "outlet", "camera", camera, started_at=t0)), camera),
+            (recorder.open_track(track_info(session, "outlet", "microphone", mic, started_at=t0)), mic),
+        ]
+        streams = [(w, encoded_frames(t, t0), t.clock_rate) for w, t in writers]
+        for writer, frames, rate in streams:
+            for frame in frames:
+                if frame.timestamp < 3 * rate:
+                    writer.write(frame)
+        while recorder.queued_frames:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)
+        print("ready 3.0", flush=True)
+        for writer, frames, rate in streams:  # mid-recording when the kill comes
+            for frame in frames:
+                if frame.timestamp >= 3 * rate:
+                    writer.write(frame)
+                    await asyncio.sleep(0.02)
+        await asyncio.sleep(60)
+        sys.exit("not killed")
+
+    asyncio.run(main())
+
+
+def _child_file_limit(root: str, session: str, limit: str) -> None:
+    """Record with RLIMIT_FSIZE set (writes past it fail with EFBIG); print what happened."""
+    import asyncio
+    import json
+    import resource
+    import signal
+    from pathlib import Path
+
+    from recordings.writer import SessionRecorder
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # get EFBIG instead of being killed
+    camera = vp8_track(640, 480, 30, 4.0)
+
+    async def main() -> None:
+        events = RecordedEvents()
+        recorder = SessionRecorder(session, Path(root), events)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (int(limit), int(limit)))
+        raised = None
+        try:
+            writer = recorder.open_track(track_info(session, "outlet", "camera", camera))
+            for frame in encoded_frames(camera, 1_700_000_000.0):
+                writer.write(frame)
+                await asyncio.sleep(0)
+            writer.close()
+            manifest = await recorder.close()
+        except Exception as exc:  # noqa: BLE001 - reported to the test
+            raised, manifest = repr(exc), {}
+        print(json.dumps({
+            "raised": raised,
+            "failures": events.failures,
+            "finished": len(events.finished),
+            "state": manifest.get("state"),
+            "failure": manifest.get("failure"),
+        }), flush=True)
+
+    asyncio.run(main())
+
+
+if __name__ == "__main__":
+    import sys
+
+    mode, *rest = sys.argv[1:]
+    {"crash": _child_crash, "file-limit": _child_file_limit}[mode](*rest)
