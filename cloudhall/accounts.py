@@ -55,13 +55,20 @@ def _code(value: str) -> str:
 class UserInput(_Input):
     """Everything about a user an admin may set (the username only on creation)."""
 
-    username: str = Field(default="", max_length=64)
+    username: str
     display_name: str = Field(min_length=1, max_length=64)
     role: Role
     outlet: str = ""  # outlet code, for outlet_staff
     county: str = Field(default="", max_length=64)
     departments: list[str] = Field(default_factory=list)  # department codes, for agents
     enabled: bool = True
+
+    @field_validator("username")
+    @classmethod
+    def _username(cls, value: str) -> str:
+        if not USERNAME_RE.match(value):
+            raise ValueError("2-64 letters, digits, '_', '.' or '-'")
+        return value
 
     @field_validator("departments", mode="before")
     @classmethod
@@ -239,8 +246,6 @@ async def _scope(session: AsyncSession, data: UserInput) -> tuple[Outlet | None,
 
 async def create_user(session: AsyncSession, data: UserInput, password_hash: str) -> User:
     """Add a user; raise :class:`FieldErrors` for bad input and :class:`Conflict` for a taken username."""
-    if not USERNAME_RE.match(data.username):
-        raise FieldErrors({"username": "2-64 letters, digits, '_', '.' or '-'"})
     taken = await session.scalar(select(func.count()).select_from(User).where(User.username == data.username))
     if taken:
         raise FieldErrors({"username": f"{data.username!r} is taken"})

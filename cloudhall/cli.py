@@ -123,6 +123,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def configure_logging(level: str) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    # Alembic narrates every step at INFO; its warnings and errors still show.
+    logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 def serve(settings: Settings) -> int:
