@@ -18,7 +18,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import av
 
@@ -169,16 +169,21 @@ def public_entry(entry: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in entry.items() if k != "part"}
 
 
-def finalize_leftovers(root: Path, events: RecordingEvents) -> list[dict[str, Any]]:
-    """Finalize every ``.mkv.part`` under ``root`` left by a crashed process or a failed disk.
+def finalize_leftovers(
+    root: Path, events: RecordingEvents, *, clock: Callable[[], float] = time.time
+) -> list[dict[str, Any]]:
+    """Finalize what a crashed process (or a failed disk) left under ``root``.
 
-    Each readable part becomes a WebM (everything received up to the crash), its manifest
-    entry is updated (status ``recovered``) and it is reported through
-    ``events.file_finished`` with ``recovered: True``, in the calling thread. Sessions whose
-    recorder is still running (its lock is held) are skipped. Blocking: call it in an
-    executor. Returns the reported entries, each with its ``session_id``.
+    A session needs it if its folder still has the recorder's lock file (removed by a clean
+    ``close()``) or ``.mkv.part`` files. Each readable part becomes a WebM (everything
+    received up to the crash), its manifest entry gets status ``recovered`` and it is
+    reported through ``events.file_finished`` with ``recovered: True``, in the calling
+    thread; entries that never got a frame become ``empty``. Sessions whose recorder is
+    still running (its lock is held, in this process or another) are skipped.
 
-    Errors on one session are logged and do not stop the others; nothing is raised.
+    Blocking: call it in an executor at start. Returns the reported entries, each with its
+    ``session_id``. Errors on one session are logged and do not stop the others; nothing
+    is raised.
     """
     reported: list[dict[str, Any]] = []
     try:
@@ -186,71 +191,87 @@ def finalize_leftovers(root: Path, events: RecordingEvents) -> list[dict[str, An
     except FileNotFoundError:
         return reported
     for session_dir in session_dirs:
-        if not any(session_dir.glob("*" + mf.PART_SUFFIX)):
-            continue
         try:
-            reported.extend(_recover_session(session_dir, events))
+            names = os.listdir(session_dir)
+            if LOCK_NAME not in names and not any(n.endswith(mf.PART_SUFFIX) for n in names):
+                continue
+            reported.extend(_recover_session(session_dir, events, clock))
         except Exception:  # noqa: BLE001 - one bad session must not block the others at start
             log.exception("session %s: recovering leftover recordings failed", session_dir.name)
     return reported
 
 
-def _recover_session(session_dir: Path, events: RecordingEvents) -> list[dict[str, Any]]:
+def _recover_session(
+    session_dir: Path, events: RecordingEvents, clock: Callable[[], float]
+) -> list[dict[str, Any]]:
     session_id = session_dir.name
-    lock_fd = os.open(session_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    lock_path = session_dir / LOCK_NAME
+    lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
             fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            log.info("session %s: still recording in another process, not recovering", session_id)
+            log.info("session %s: still recording, not recovering it", session_id)
             return []
-        now = time.time()
-        try:
-            manifest = mf.read_manifest(session_dir)
-        except ValueError:
-            log.error("session %s: unreadable manifest, rebuilding it from the files", session_id)
-            manifest = None
-        if manifest is None:
-            manifest = mf.new_manifest(session_id, now)
-        for stale in session_dir.glob("*" + mf.FINAL_SUFFIX + ".part"):
-            stale.unlink()  # a remux interrupted by the crash: redone from the .mkv.part
-        reported = []
-        for part in sorted(session_dir.glob("*" + mf.PART_SUFFIX)):
-            entry = _entry_for(manifest, part)
-            if entry is None:
-                log.warning("session %s: ignoring unknown file %s", session_id, part.name)
-                continue
-            dest = session_dir / entry["file"]
-            try:
-                result = remux_to_webm(part, dest)
-            except NothingToFinalize as exc:
-                log.info("session %s: %s; removing it", session_id, exc)
-                entry.update(status=mf.EMPTY, frames=0)
-                part.unlink()
-                continue
-            entry.update(finalized_fields(result, entry, mf.RECOVERED))
-            manifest["updated_at"] = now
-            mf.write_manifest(session_dir, manifest)
-            part.unlink()
-            mf.fsync_dir(session_dir)
-            public = public_entry(entry)
-            log.info(
-                "session %s: recovered %s (%.1f s, %d frames)",
-                session_id, entry["file"], result.duration, result.frames,
-            )
-            try:
-                events.file_finished(session_id, dict(public))
-            except Exception:  # noqa: BLE001 - the file is safe; the event sink logs its own failure
-                log.exception("session %s: file_finished handler failed for %s", session_id, entry["file"])
-            reported.append({"session_id": session_id, **public})
-        if manifest.get("state") == "recording":
-            manifest["state"] = "recovered"
-        manifest["recovered_at"] = now
-        manifest["updated_at"] = now
-        mf.write_manifest(session_dir, manifest)
+        reported = _recover_locked(session_dir, events, clock)
+        lock_path.unlink()  # while still holding it: the session is clean now
         return reported
     finally:
         os.close(lock_fd)
+
+
+def _recover_locked(
+    session_dir: Path, events: RecordingEvents, clock: Callable[[], float]
+) -> list[dict[str, Any]]:
+    session_id = session_dir.name
+    now = clock()
+    try:
+        manifest = mf.read_manifest(session_dir)
+    except ValueError:
+        corrupt = session_dir / (mf.MANIFEST_NAME + ".corrupt")
+        log.error("session %s: unreadable manifest kept as %s; rebuilding it from the files",
+                  session_id, corrupt.name)
+        os.replace(session_dir / mf.MANIFEST_NAME, corrupt)
+        manifest = None
+    if manifest is None:
+        manifest = mf.new_manifest(session_id, now)
+    for stale in session_dir.glob("*" + mf.FINAL_SUFFIX + ".part"):
+        stale.unlink()  # a remux interrupted by the crash: redone from its .mkv.part
+    reported = []
+    for part in sorted(session_dir.glob("*" + mf.PART_SUFFIX)):
+        entry = _entry_for(manifest, part)
+        if entry is None:
+            log.warning("session %s: ignoring unknown file %s", session_id, part.name)
+            continue
+        try:
+            result = remux_to_webm(part, session_dir / entry["file"])
+        except NothingToFinalize as exc:
+            log.info("session %s: %s; removing it", session_id, exc)
+            entry.update(status=mf.EMPTY, frames=0)
+            part.unlink()
+            continue
+        entry.update(finalized_fields(result, entry, mf.RECOVERED))
+        manifest["updated_at"] = now
+        mf.write_manifest(session_dir, manifest)
+        part.unlink()
+        public = public_entry(entry)
+        log.info("session %s: recovered %s (%.1f s, %d frames)",
+                 session_id, entry["file"], result.duration, result.frames)
+        try:
+            events.file_finished(session_id, dict(public))
+        except Exception:  # noqa: BLE001 - the file is safe; the handler's bug is logged
+            log.exception("session %s: file_finished handler failed for %s", session_id, entry["file"])
+        reported.append({"session_id": session_id, **public})
+    for entry in manifest["files"]:
+        # Opened but the process died (or the disk failed) before its first frame reached disk.
+        if entry["status"] in (mf.RECORDING, mf.FAILED) and not (session_dir / entry["part"]).exists():
+            entry["status"] = mf.EMPTY
+    if manifest.get("state") == "recording":
+        manifest["state"] = "recovered"
+    manifest["recovered_at"] = now
+    manifest["updated_at"] = now
+    mf.write_manifest(session_dir, manifest)
+    return reported
 
 
 def _entry_for(manifest: dict[str, Any], part: Path) -> dict[str, Any] | None:

@@ -359,6 +359,10 @@ class SessionRecorder:
             self._fail(f"writing the final manifest: {exc}", exc)
         finally:
             if self._lock_fd is not None:
+                if not self._failed:
+                    # Clean close: no leftovers to finalize. After a failure the lock file
+                    # stays so that the next start's finalize_leftovers looks at the session.
+                    (self.session_dir / LOCK_NAME).unlink(missing_ok=True)
                 os.close(self._lock_fd)
                 self._lock_fd = None
         return self._manifest.snapshot()

@@ -180,6 +180,8 @@ def _child_crash(root: str, session: str) -> None:
             (recorder.open_track(track_info(session, "outlet", "camera", camera, started_at=t0)), camera),
             (recorder.open_track(track_info(session, "outlet", "microphone", mic, started_at=t0)), mic),
         ]
+        # The agent's camera opened but no frame came before the crash.
+        recorder.open_track(track_info(session, "agent", "camera", camera, started_at=t0))
         streams = [(w, encoded_frames(t, t0), t.clock_rate) for w, t in writers]
         for writer, frames, rate in streams:
             for frame in frames:

@@ -273,16 +273,23 @@ def test_kill_9_mid_recording_leaves_files_finalized_on_the_next_start(tmp_path:
     parts = sorted(p.name for p in session_dir.glob("*.mkv.part"))
     assert parts == ["outlet-camera-e0.mkv.part", "outlet-microphone-e0.mkv.part"]
     before = json.loads((session_dir / "manifest.json").read_text())
-    assert {e["status"] for e in before["files"]} == {"recording"}
+    assert {e["status"] for e in before["files"]} == {"recording"} and len(before["files"]) == 3
+    assert (session_dir / ".recording.lock").exists()
 
     events = RecordedEvents()
     recovered = finalize_leftovers(tmp_path, events)
 
     assert sorted(e["file"] for e in recovered) == ["outlet-camera-e0.webm", "outlet-microphone-e0.webm"]
     assert list(session_dir.glob("*.part")) == []
+    assert not (session_dir / ".recording.lock").exists()
     manifest = json.loads((session_dir / "manifest.json").read_text())
     assert manifest["state"] == "recovered"
+    empty = [e for e in manifest["files"] if e["track"] == "agent-camera"]
+    assert [e["status"] for e in empty] == ["empty"]
+    assert manifest["tracks"]["agent-camera"]["files"] == []
     for entry in manifest["files"]:
+        if entry["status"] == "empty":
+            continue
         path = session_dir / entry["file"]
         info = probe(path)
         assert entry["status"] == "recovered" and entry["recovered"] is True
