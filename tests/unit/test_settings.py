@@ -1,0 +1,83 @@
+"""Settings from CLOUDHALL_* variables: defaults, parsing, and one clear message per bad value."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cloudhall.settings import Settings, SettingsError
+
+
+def env(tmp_path: Path, **values: str) -> dict[str, str]:
+    return {"CLOUDHALL_DATA_DIR": str(tmp_path), **{f"CLOUDHALL_{k}": v for k, v in values.items()}}
+
+
+def test_defaults_are_the_embedded_mode(tmp_path: Path) -> None:
+    settings = Settings.from_env(env(tmp_path))
+    assert settings.http.host == "127.0.0.1" and settings.http.port == 8080
+    assert settings.database.url == f"sqlite+aiosqlite:///{tmp_path / 'cloudhall.db'}"
+    assert settings.redis.url == ""
+    assert settings.media.recordings_dir == tmp_path / "recordings"
+    assert settings.http.cookie_secure is False
+    # A random secret is generated once and kept, so sessions survive a restart.
+    assert len(settings.http.secret_key) >= 32
+    assert Settings.from_env(env(tmp_path)).http.secret_key == settings.http.secret_key
+    assert (tmp_path / "secret_key").stat().st_mode & 0o077 == 0
+
+
+def test_values_are_parsed(tmp_path: Path) -> None:
+    settings = Settings.from_env(
+        env(
+            tmp_path,
+            HOST="0.0.0.0",
+            PORT="9000",
+            SECRET_KEY="k" * 40,
+            COOKIE_SECURE="yes",
+            DATABASE_URL="postgresql://u@db/cloudhall",
+            REDIS_URL="redis://127.0.0.1:6379/2",
+            TURN_SECRET="s",
+            TURN_URLS="turn:turn.example:3478?transport=udp, turns:turn.example:5349",
+            STUN_URLS='["stun:stun.example:3478"]',
+            MEDIA_HOST_ADDRESSES="10.0.0.5",
+            LOGIN_MAX_FAILURES="7",
+            LOG_LEVEL="debug",
+        )
+    )
+    assert settings.http.port == 9000 and settings.http.cookie_secure is True
+    assert settings.database.url == "postgresql+asyncpg://u@db/cloudhall"
+    assert settings.media.turn.urls == ("turn:turn.example:3478?transport=udp", "turns:turn.example:5349")
+    assert settings.media.stun_urls == ("stun:stun.example:3478",)
+    assert settings.media.host_addresses == ("10.0.0.5",)
+    assert settings.http.login_max_failures == 7
+    assert settings.log_level == "DEBUG"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        ("PORT", "eighty", "CLOUDHALL_PORT"),
+        ("PORT", "70000", "CLOUDHALL_PORT"),
+        ("COOKIE_SECURE", "maybe", "CLOUDHALL_COOKIE_SECURE"),
+        ("DATABASE_URL", "mysql://x/y", "CLOUDHALL_DATABASE_URL"),
+        ("REDIS_URL", "http://redis", "CLOUDHALL_REDIS_URL"),
+        ("SECRET_KEY", "short", "CLOUDHALL_SECRET_KEY"),
+        ("SESSION_TTL_SECONDS", "0", "CLOUDHALL_SESSION_TTL_SECONDS"),
+        ("LOGIN_MAX_FAILURES", "-1", "CLOUDHALL_LOGIN_MAX_FAILURES"),
+        ("LOGIN_LOCKOUT_SECONDS", "soon", "CLOUDHALL_LOGIN_LOCKOUT_SECONDS"),
+        ("RING_TIMEOUT_SECONDS", "0", "CLOUDHALL_RING_TIMEOUT_SECONDS"),
+        ("STUN_URLS", "turn:x", "CLOUDHALL_STUN_URLS"),
+        ("TURN_URLS", "stun:x", "CLOUDHALL_TURN_URLS"),
+        ("TURN_URLS", "turn:x:3478", "CLOUDHALL_TURN_SECRET"),
+        ("PUBLIC_IP", "not-an-ip", "CLOUDHALL_PUBLIC_IP"),
+        ("MEDIA_HOST_ADDRESSES", "10.0.0.1, nope", "CLOUDHALL_MEDIA_HOST_ADDRESSES"),
+        ("LOG_LEVEL", "LOUD", "CLOUDHALL_LOG_LEVEL"),
+        ("STUN_URLS", "[1, 2]", "CLOUDHALL_STUN_URLS"),
+    ],
+)
+def test_a_bad_value_names_its_variable(tmp_path: Path, variable: str, value: str, expected: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env(env(tmp_path, **{variable: value}))
+    message = str(caught.value)
+    assert expected in message
+    assert "\n" not in message
