@@ -56,11 +56,17 @@ def create_app(settings: Settings, *, database: Database | None = None) -> web.A
     app.cleanup_ctx.append(_database_ctx)
     app.cleanup_ctx.append(_redis_ctx)
 
+    import agent_console.pages
+    import recordings.pages
+    import recordings.ratings
     from cloudhall import admin, health
     from web import pages
 
     health.setup_routes(app)
     pages.setup_routes(app)
+    agent_console.pages.setup_routes(app)
+    recordings.pages.setup_routes(app)
+    recordings.ratings.setup_routes(app)
     admin.setup_routes(app)
     _setup_features(app, settings)
     return app
@@ -68,11 +74,9 @@ def create_app(settings: Settings, *, database: Database | None = None) -> web.A
 
 def _setup_features(app: web.Application, settings: Settings) -> None:
     """Feature packages plug in here, each with its own slice of the settings."""
-    # Feature wiring (signalling, media, recordings, agent console) is added by their issues.
-    try:
-        from signaling import setup as setup_signaling
-    except ImportError:
-        return
+    # Feature wiring (media, recordings, agent console) is added by their issues.
+    from signaling import setup as setup_signaling
+
     setup_signaling(app, settings)
 
 

@@ -1,0 +1,146 @@
+"""Signalling: the Socket.IO server, call queue and presence, call state machine, media routing.
+
+:func:`setup` plugs it into the application; the backends (memory or Redis) are chosen
+once, at start, from ``settings.redis.url``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import socketio
+from aiohttp import web
+
+from cloudhall import appkeys
+from cloudhall.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Signaling:
+    """What the application holds under ``appkeys.SIGNALING``; filled in at start."""
+
+    server: Any = None  # signaling.server.SignalingServer
+    service: Any = None  # signaling.service.CallService
+    node_id: str = ""
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def setup(app: web.Application, settings: Settings) -> None:
+    """Add the Engine.IO route and the signalling lifecycle to ``app``."""
+    from signaling.server import add_routes
+
+    app[appkeys.SIGNALING] = Signaling(node_id=settings.signaling.node_id or _node_name())
+    add_routes(app)
+    app.cleanup_ctx.append(_signaling_ctx)
+
+
+def _node_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+def _media_server(settings: Settings, bridge: Any) -> tuple[Any, Any]:
+    """The node's MediaServer and its offer type, or (None, None) where media is unavailable."""
+    try:
+        from media.server import MediaServer, OfferIn
+    except ImportError as exc:
+        log.warning("media is not available on this node: %s", exc)
+        return None, None
+    sink_factory = None
+    try:
+        from recordings.writer import SessionRecorder
+    except ImportError:
+        log.warning("the recorder is not available: calls are not recorded")
+    else:
+        root = settings.media.recordings_dir
+
+        def sink_factory(session_id: str) -> Any:
+            return SessionRecorder(session_id, root, bridge)
+
+    try:
+        return MediaServer(settings.media, sink_factory=sink_factory, events=bridge), OfferIn
+    except Exception:
+        log.exception("media server could not start: calls go on without media on this node")
+        return None, None
+
+
+async def _signaling_ctx(app: web.Application) -> AsyncIterator[None]:
+    from recordings.service import SessionRecords
+    from signaling.directory import Directory
+    from signaling.media_bridge import MediaBridge
+    from signaling.memory import MemoryCallQueue
+    from signaling.redis_queue import RedisCallQueue
+    from signaling.routing import LocalRouter, RedisRouter
+    from signaling.server import SignalingServer, SocketNotifier
+    from signaling.service import CallService
+    from signaling.timers import NodeWorker
+
+    settings = app[appkeys.SETTINGS]
+    state = app[appkeys.SIGNALING]
+    redis = app[appkeys.REDIS]
+    sig = settings.signaling
+    node_id = state.node_id
+    manager: Any = None
+    if redis is not None:
+        prefix = settings.redis.key_prefix
+        queue: Any = RedisCallQueue(redis, prefix)
+        router: Any = RedisRouter(redis, prefix, node_id)
+        manager = socketio.AsyncRedisManager(settings.redis.url, channel=f"{prefix}socketio")
+    else:
+        queue = MemoryCallQueue()
+        router = LocalRouter(node_id)
+    sio = socketio.AsyncServer(
+        async_mode="aiohttp",
+        client_manager=manager,
+        max_http_buffer_size=sig.max_message_bytes,
+        ping_interval=sig.heartbeat_interval_seconds,
+        ping_timeout=min(sig.heartbeat_interval_seconds, 20.0),
+        cors_allowed_origins=None,  # same origin only
+        logger=False,
+        engineio_logger=False,
+    )
+    db = app[appkeys.DATABASE]
+    records = SessionRecords(db)
+    service = CallService(sig, queue, records, Directory(db), SocketNotifier(sio), node_id)
+    bridge = MediaBridge(service, router, None, records)
+    bridge.media, bridge._offer_type = _media_server(settings, bridge)
+    server = SignalingServer(sio, app[appkeys.AUTH], service, bridge)
+    worker = NodeWorker(service)
+    await queue.node_beat(node_id, service.clock())
+    tasks = [asyncio.create_task(worker.run(), name="signaling-worker"),
+             asyncio.create_task(router.run(), name="signaling-router")]
+    state.server, state.service = server, service
+    log.info("signalling on node %s (%s backend, media %s)", node_id, "redis" if redis else "memory",
+             "on" if bridge.media else "off")
+    try:
+        yield
+    finally:
+        state.server = None
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await server.close()
+        await bridge.close()
+        if bridge.media is not None:
+            await bridge.media.close()
+        await sio.shutdown()
+        if manager is not None:
+            thread = getattr(manager, "thread", None)
+            if thread is not None:
+                thread.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await thread
+            if getattr(manager, "redis", None) is not None:
+                await manager.redis.aclose()
+        await queue.close()

@@ -1,0 +1,713 @@
+"""The signalling service: call use cases over the queue backend, the session log and a notifier.
+
+Transport-free: Socket.IO handlers (:mod:`signaling.server`) parse payloads and call these
+methods; deadlines (:mod:`signaling.timers`) call :meth:`CallService.on_deadline`. Every
+change of a call is: read → pure transition (:mod:`signaling.calls`) → compare-and-set
+commit in the backend → write the events to the session log → notify rooms → (re)arm
+deadlines. The backend's commit decides races; the loser re-reads or is told ``conflict``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+from cloudhall.errors import CloudHallError, Conflict, Forbidden, NotFound
+from cloudhall.identities import Principal, Role
+from cloudhall.settings import SignalingSettings
+from signaling import calls as domain
+from signaling import presence as pres
+from signaling.calls import Call, CallEvent, CallState, EndReason, Priority
+from signaling.directory import Directory
+from signaling.hours import desk_status
+from signaling.ports import Notifier, SessionLog
+from signaling.presence import AgentPresence, PresenceState
+from signaling.schemas import (
+    CALL_STATE,
+    CALLBACK_UPDATE,
+    PRESENCE_UPDATE,
+    QUEUE_POSITION,
+    QUEUE_UPDATE,
+    Applicant,
+)
+from signaling.store import AgentBusy, CallQueue, StaleCall
+from signaling.views import (
+    department_room,
+    mask,
+    outlet_room,
+    public_call,
+    queue_entry,
+    supervisor_room,
+    user_room,
+)
+
+log = logging.getLogger(__name__)
+
+RETRIES = 8
+
+
+def outlet_side(outlet_id: int) -> str:
+    return f"outlet:{outlet_id}"
+
+
+def agent_side(user_id: int) -> str:
+    return f"agent:{user_id}"
+
+
+def masked_applicant(applicant: Applicant) -> dict[str, Any]:
+    """What is stored and shown: the name, and masked ID number and phone (no full numbers)."""
+    return {
+        "name": applicant.name,
+        "id_masked": mask(applicant.id_number, 6, 4) if applicant.id_number else "",
+        "phone_masked": mask(applicant.phone, 3, 4) if applicant.phone else "",
+    }
+
+
+class CallService:
+    """Use cases of outlets, agents and supervisors; one per node."""
+
+    def __init__(
+        self,
+        settings: SignalingSettings,
+        queue: CallQueue,
+        records: SessionLog,
+        directory: Directory,
+        notifier: Notifier,
+        node_id: str,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.queue = queue
+        self.records = records
+        self.directory = directory
+        self.notifier = notifier
+        self.node_id = node_id
+        self.clock = clock
+        self.dirty_departments: set[int] = set()
+        # Set by setup: flushes dirty departments soon (coalesces bursts of queue changes).
+        self.on_dirty: Callable[[], None] = lambda: None
+        # Set by setup: tell the node that owns a call's media that the call ended.
+        self.on_ended: Callable[[Call], Any] | None = None
+
+    # -- the commit pipeline ------------------------------------------------------------------
+    async def change(self, call_id: str, step: Callable[[Call], tuple[Call, list[CallEvent]]]) -> Call:
+        """Apply a pure transition with compare-and-set, retrying on concurrent changes."""
+        for _ in range(RETRIES):
+            call = await self.queue.get(call_id)
+            if call is None:
+                raise NotFound(f"call {call_id} does not exist")
+            new, events = step(call)
+            if not events and new == call:
+                return call
+            try:
+                stored = await self.queue.commit(call, new)
+            except StaleCall:
+                continue
+            await self._after(call, stored, events)
+            return stored
+        raise Conflict(f"call {call_id} kept changing; try again")
+
+    async def _after(self, old: Call | None, new: Call, events: list[CallEvent]) -> None:
+        """Everything that follows a committed transition: log, deadlines, presence, notify."""
+        if events and old is not None:
+            try:
+                await self.records.record(new, events)
+            except CloudHallError:
+                log.exception("session %s: could not record %s", new.id, [e.kind for e in events])
+        await self._arm_deadlines(old, new)
+        await self._sync_presence(old, new)
+        if old is not None and old.state is CallState.QUEUED:
+            self._mark_dirty(old.department_id)
+        if new.state is CallState.QUEUED:
+            self._mark_dirty(new.department_id)
+        await self._notify_call(old, new, events)
+        if not new.active and old is not None and old.active:
+            if old.answered_at is not None and new.ended_at is not None and old.state is CallState.IN_CALL:
+                await self.queue.record_handling(new.department_id, new.ended_at - old.answered_at)
+            if new.callback_id is not None:
+                updated = await self.directory.settle_callback(new.callback_id, answered=new.answered_at is not None)
+                if updated is not None:
+                    await self._notify_callbacks(new.department_id)
+            if self.on_ended is not None:
+                await self.on_ended(new)
+            log.info("call %s: ended (%s)", new.id, new.end_reason.value if new.end_reason else "")
+
+    async def _arm_deadlines(self, old: Call | None, new: Call) -> None:
+        s = self.settings
+        now = self.clock()
+        q = self.queue
+        state_changed = old is None or old.state is not new.state or old.step != new.step
+        if old is not None and state_changed:
+            await q.unschedule(f"ring:{old.id}:{old.step}")
+            await q.unschedule(f"qlimit:{old.id}:{old.step}")
+            await q.unschedule(f"connect:{old.id}:{old.step}")
+        if state_changed:
+            if new.state is CallState.OFFERED:
+                await q.schedule(f"ring:{new.id}:{new.step}", now + s.ring_timeout_seconds)
+            elif new.state is CallState.QUEUED:
+                await q.schedule(f"qlimit:{new.id}:{new.step}", new.queued_at + s.queue_limit_seconds)
+            elif new.state is CallState.CONNECTING:
+                await q.schedule(f"connect:{new.id}:{new.step}", now + s.reconnect_grace_seconds)
+        for side in ("outlet", "agent"):
+            before = getattr(old, f"{side}_lost_at") if old is not None else None
+            after = getattr(new, f"{side}_lost_at") if new.active else None
+            if before is not None and before != after:
+                await q.unschedule(f"grace:{side}:{new.id}:{before!r}")
+            if after is not None and after != before:
+                await q.schedule(f"grace:{side}:{new.id}:{after!r}", after + s.reconnect_grace_seconds)
+
+    async def _sync_presence(self, old: Call | None, new: Call) -> None:
+        now = self.clock()
+        old_agent = old.agent_id if old is not None and old.holds_agent else None
+        new_agent = new.agent_id if new.holds_agent else None
+        if old_agent is not None and old_agent != new_agent:
+            p = await self.queue.get_presence(old_agent)
+            if p is not None and p.call_id == new.id:
+                await self._put_presence(pres.free(p, now))
+        if new_agent is not None and new_agent != old_agent:
+            p = await self.queue.get_presence(new_agent)
+            if p is not None:
+                await self._put_presence(pres.busy(p, new.id, now))
+
+    async def _notify_call(self, old: Call | None, new: Call, events: list[CallEvent]) -> None:
+        now = self.clock()
+        body = {"call": public_call(new, now), "events": [e.kind for e in events]}
+        rooms = {outlet_room(new.outlet_id)}
+        if new.agent_id is not None:
+            rooms.add(user_room(new.agent_id))
+        if old is not None and old.agent_id is not None:
+            rooms.add(user_room(old.agent_id))  # a requeued call leaves its agent's screen too
+        for room in rooms:
+            await self.notifier.emit(CALL_STATE, body, room)
+
+    def _mark_dirty(self, department_id: int) -> None:
+        self.dirty_departments.add(department_id)
+        self.on_dirty()
+
+    async def flush_queues(self) -> None:
+        """Send the waiting lists to agents and supervisors and positions to waiting outlets."""
+        dirty, self.dirty_departments = self.dirty_departments, set()
+        if not dirty:
+            return
+        agents = await self.queue.all_presence()
+        now = self.clock()
+        for dept_id in sorted(dirty):
+            waiting = await self.queue.waiting(dept_id)
+            try:
+                dept = await self.directory.department(dept_id)
+            except NotFound:
+                continue
+            entries = [queue_entry(c, i, now) for i, c in enumerate(waiting, start=1)]
+            body = {"department_id": dept_id, "department_name": dept.name, "calls": entries, "server_time": now}
+            await self.notifier.emit(QUEUE_UPDATE, body, department_room(dept_id))
+            await self.notifier.emit(QUEUE_UPDATE, body, supervisor_room(dept.county))
+            await self.notifier.emit(QUEUE_UPDATE, body, supervisor_room(None))
+            handling = await self.queue.handling_times(dept_id)
+            staffed = self._staffed(agents, dept_id)
+            for position, call in enumerate(waiting, start=1):
+                await self.notifier.emit(
+                    QUEUE_POSITION,
+                    {
+                        "call_id": call.id,
+                        "department_id": dept_id,
+                        "position": position,
+                        "waiting": len(waiting),
+                        "estimated_wait_seconds": domain.estimate_wait(position, handling, staffed),
+                        "agents_online": staffed,
+                    },
+                    outlet_room(call.outlet_id),
+                )
+
+    @staticmethod
+    def _staffed(agents: list[AgentPresence], department_id: int) -> int:
+        return sum(
+            1
+            for a in agents
+            if department_id in a.department_ids and a.state in (PresenceState.AVAILABLE, PresenceState.BUSY)
+        )
+
+    async def position_of(self, call: Call) -> dict[str, Any]:
+        waiting = await self.queue.waiting(call.department_id)
+        ids = [c.id for c in waiting]
+        position = ids.index(call.id) + 1 if call.id in ids else 0
+        staffed = self._staffed(await self.queue.all_presence(), call.department_id)
+        handling = await self.queue.handling_times(call.department_id)
+        return {
+            "call_id": call.id,
+            "department_id": call.department_id,
+            "position": position,
+            "waiting": len(ids),
+            "estimated_wait_seconds": domain.estimate_wait(position, handling, staffed) if position else 0,
+            "agents_online": staffed,
+        }
+
+    # -- outlet use cases ---------------------------------------------------------------------
+    async def start_call(self, p: Principal, item_id: int, applicant: Applicant, priority: bool) -> dict[str, Any]:
+        """Queue a call from the principal's outlet for the item's department.
+
+        Raises Forbidden (not outlet staff), NotFound (item), Conflict ``desk_closed`` outside
+        working hours (details.opens_at), ``outlet_busy`` when the outlet already has a call.
+        """
+        p.require_role(Role.OUTLET_STAFF)
+        if p.outlet_id is None:
+            raise Forbidden("your account is not attached to an outlet")
+        outlet = await self.directory.outlet(p.outlet_id)
+        item = await self.directory.item(item_id)
+        dept = await self.directory.department(item.department_id)
+        if not item.enabled or not dept.enabled:
+            raise Conflict(f"service item {item_id} is not offered right now", code="unavailable_item")
+        if dept.county != outlet.county:
+            raise Forbidden(f"department {dept.id} serves another county")
+        await self._check_open(dept.id)
+        existing = await self.queue.call_of_outlet(outlet.id)
+        if existing is not None:
+            raise Conflict(f"outlet {outlet.id} already has call {existing}", code="outlet_busy",
+                           details={"call_id": existing})
+        now = self.clock()
+        call, events = domain.new_call(
+            call_id=str(uuid.uuid4()),
+            department_id=dept.id,
+            outlet_id=outlet.id,
+            staff_user_id=p.user_id,
+            county=outlet.county,
+            now=now,
+            priority=Priority.PRIORITY if priority else Priority.NORMAL,
+            item_id=item.id,
+            item_name=item.name,
+            outlet_name=outlet.name,
+            island=outlet.island,
+            department_name=dept.name,
+            applicant=masked_applicant(applicant),
+        )
+        await self.records.open(call, events, self.node_id)
+        try:
+            stored = await self.queue.commit(None, call)
+        except Conflict as exc:
+            failed, more = domain.end(call, EndReason.FAILED, "system", now, why=exc.message)
+            await self.records.record(failed, more)
+            raise
+        await self._after(None, stored, events)
+        log.info("call %s: queued at department %s by outlet %s", stored.id, dept.id, outlet.id)
+        return {"call": public_call(stored, now), "position": await self.position_of(stored)}
+
+    async def _check_open(self, department_id: int) -> None:
+        dept = await self.directory.department(department_id)
+        status = desk_status(dept.working_hours, datetime.fromtimestamp(self.clock(), timezone.utc))
+        if not status.open:
+            opens = status.opens_at.isoformat() if status.opens_at else None
+            raise Conflict(
+                f"department {dept.id} ({dept.name}) is closed now"
+                + (f"; it opens at {opens}" if opens else ""),
+                code="desk_closed",
+                details={"department_id": dept.id, "opens_at": opens, "callback_allowed": True},
+            )
+
+    def _own_outlet_call(self, p: Principal, call: Call) -> None:
+        if p.role is not Role.OUTLET_STAFF or p.outlet_id != call.outlet_id:
+            raise Forbidden(f"call {call.id} is not your outlet's call")
+
+    def _own_agent_call(self, p: Principal, call: Call) -> None:
+        if p.role is not Role.AGENT or call.agent_id != p.user_id:
+            raise Forbidden(f"call {call.id} is not yours")
+
+    async def cancel(self, p: Principal, call_id: str) -> dict[str, Any]:
+        """The outlet gives up a call that is waiting or ringing."""
+
+        def step(call: Call) -> tuple[Call, list[CallEvent]]:
+            self._own_outlet_call(p, call)
+            return domain.end(call, EndReason.CANCELLED, f"user:{p.user_id}", self.clock())
+
+        return {"call": public_call(await self.change(call_id, step), self.clock())}
+
+    # -- agent use cases ----------------------------------------------------------------------
+    async def take(self, p: Principal, call_id: str | None) -> dict[str, Any]:
+        """Claim a waiting call (``call_id``) or the next one of the agent's departments.
+
+        Atomic across nodes: exactly one agent gets a call. Raises NotFound ``queue_empty``,
+        Conflict ``taken`` (somebody else got it), ``agent_busy`` (you already hold a call).
+        """
+        p.require_role(Role.AGENT)
+        held = await self.queue.call_of_agent(p.user_id)
+        if held is not None:
+            raise AgentBusy(f"you already hold call {held}", details={"call_id": held})
+        if call_id is not None:
+            candidates = [call_id]
+        else:
+            waiting: list[Call] = []
+            for dept_id in p.department_ids:
+                waiting.extend(await self.queue.waiting(dept_id))
+            candidates = [c.id for c in sorted(waiting, key=Call.queue_score)]
+        for candidate in candidates:
+            for _ in range(RETRIES):
+                call = await self.queue.get(candidate)
+                if call is None or call.state is not CallState.QUEUED:
+                    break
+                if call.department_id not in p.department_ids:
+                    raise Forbidden(f"call {candidate} is for a department you do not serve")
+                new, events = domain.offer(call, p.user_id, p.display_name, self.clock())
+                try:
+                    stored = await self.queue.commit(call, new)
+                except StaleCall:
+                    continue
+                await self._after(call, stored, events)
+                log.info("call %s: offered to agent %s", stored.id, p.user_id)
+                return {"call": public_call(stored, self.clock())}
+            if call_id is not None:
+                raise Conflict(f"call {call_id} is no longer waiting", code="taken")
+        raise NotFound("no call is waiting in your departments", code="queue_empty")
+
+    async def accept(self, p: Principal, call_id: str) -> dict[str, Any]:
+        """Pick up a ringing call: the agent for an inbound call, the outlet for a callback."""
+
+        def step(call: Call) -> tuple[Call, list[CallEvent]]:
+            if p.role is Role.OUTLET_STAFF:
+                self._own_outlet_call(p, call)
+                return domain.accept(call, p.user_id, self.clock(), by_outlet=True)
+            p.require_role(Role.AGENT)
+            return domain.accept(call, p.user_id, self.clock())
+
+        return {"call": public_call(await self.change(call_id, step), self.clock())}
+
+    async def decline(self, p: Principal, call_id: str) -> dict[str, Any]:
+        """Refuse a ringing call: inbound goes back to the front of the queue; a callback ends."""
+
+        def step(call: Call) -> tuple[Call, list[CallEvent]]:
+            now = self.clock()
+            actor = f"user:{p.user_id}"
+            if call.state is not CallState.OFFERED:
+                raise Conflict(f'cannot decline call {call.id} in state "{call.state.value}"')
+            if call.direction == "outbound":
+                self._own_outlet_call(p, call)
+                return domain.end(call, EndReason.CANCELLED, actor, now, why="declined by the outlet")
+            self._own_agent_call(p, call)
+            return domain.requeue(call, "declined", actor, now)
+
+        return {"call": public_call(await self.change(call_id, step), self.clock())}
+
+    async def connected(self, p: Principal, call_id: str) -> dict[str, Any]:
+        """A side reports media flowing: the call is in progress."""
+
+        def step(call: Call) -> tuple[Call, list[CallEvent]]:
+            self.participant_role(p, call)
+            return domain.connected(call, f"user:{p.user_id}", self.clock())
+
+        return {"call": public_call(await self.change(call_id, step), self.clock())}
+
+    async def hang_up(self, p: Principal, call_id: str) -> dict[str, Any]:
+        """Either side ends a call that was answered (completed); the outlet may also cancel."""
+
+        def step(call: Call) -> tuple[Call, list[CallEvent]]:
+            self.participant_role(p, call)
+            actor = f"user:{p.user_id}"
+            if call.state in (CallState.QUEUED, CallState.OFFERED):
+                if p.role is not Role.OUTLET_STAFF:
+                    raise Conflict(f'cannot end call {call.id} in state "{call.state.value}": decline it')
+                return domain.end(call, EndReason.CANCELLED, actor, self.clock())
+            return domain.end(call, EndReason.COMPLETED, actor, self.clock(), by=p.role.value)
+
+        return {"call": public_call(await self.change(call_id, step), self.clock())}
+
+    async def transfer(self, p: Principal, call_id: str, department_id: int) -> dict[str, Any]:
+        """Hand the call to another department of the same county (front of its queue)."""
+        p.require_role(Role.AGENT)
+        dept = await self.directory.department(department_id)
+        if not dept.enabled:
+            raise Conflict(f"department {department_id} is disabled")
+
+        def step(call: Call) -> tuple[Call, list[CallEvent]]:
+            if dept.county != call.county:
+                raise Forbidden(f"department {department_id} serves another county")
+            return domain.transfer(call, dept.id, dept.name, p.user_id, self.clock())
+
+        return {"call": public_call(await self.change(call_id, step), self.clock())}
+
+    def participant_role(self, p: Principal, call: Call) -> str:
+        if p.role is Role.OUTLET_STAFF and p.outlet_id == call.outlet_id:
+            return "outlet"
+        if p.role is Role.AGENT and call.agent_id == p.user_id:
+            return "agent"
+        raise Forbidden(f"you are not a participant of call {call.id}")
+
+    # -- presence -----------------------------------------------------------------------------
+    async def _put_presence(self, p: AgentPresence) -> None:
+        before = await self.queue.get_presence(p.user_id)
+        await self.queue.put_presence(p)
+        if before is None or before.state is not p.state or before.call_id != p.call_id:
+            body = {"agent": p.public()}
+            await self.notifier.emit(PRESENCE_UPDATE, body, supervisor_room(p.county))
+            await self.notifier.emit(PRESENCE_UPDATE, body, supervisor_room(None))
+            for dept_id in p.department_ids:
+                self._mark_dirty(dept_id)  # the estimated wait depends on who is online
+
+    async def set_presence(self, p: Principal, state: str) -> dict[str, Any]:
+        p.require_role(Role.AGENT)
+        now = self.clock()
+        current = await self._presence_of(p)
+        updated = pres.choose(current, PresenceState(state), now)
+        await self._put_presence(updated)
+        await self.queue.schedule(f"presence:{p.user_id}", now + self.settings.presence_timeout_seconds)
+        return {"presence": updated.public()}
+
+    async def heartbeat(self, p: Principal) -> dict[str, Any]:
+        now = self.clock()
+        if p.role is not Role.AGENT:
+            return {"server_time": now}
+        current = await self._presence_of(p)
+        if current.state is PresenceState.OFFLINE:
+            current = pres.came_online(current, now, await self.queue.call_of_agent(p.user_id))
+            await self._put_presence(current)
+        else:
+            await self.queue.put_presence(pres.heartbeat(current, now))
+        await self.queue.schedule(f"presence:{p.user_id}", now + self.settings.presence_timeout_seconds)
+        return {"server_time": now, "presence": current.public()}
+
+    async def _presence_of(self, p: Principal) -> AgentPresence:
+        current = await self.queue.get_presence(p.user_id)
+        if current is None:
+            current = AgentPresence(
+                user_id=p.user_id, name=p.display_name, county=p.county or "", department_ids=p.department_ids
+            )
+        elif current.department_ids != p.department_ids or current.county != (p.county or ""):
+            current = AgentPresence.from_dict(
+                {**current.to_dict(), "department_ids": list(p.department_ids), "county": p.county or ""}
+            )
+        return current
+
+    async def agents_visible_to(self, p: Principal) -> list[dict[str, Any]]:
+        """Every agent's presence the principal may see (supervisors: their county; city: all)."""
+        p.require_role(Role.SUPERVISOR, Role.ADMIN)
+        return [a.public() for a in await self.queue.all_presence() if p.can_see_county(a.county)]
+
+    # -- connections --------------------------------------------------------------------------
+    async def connected_socket(self, p: Principal, sid: str) -> None:
+        """A socket of ``p`` connected on this node: resume a dropped call, mark the agent online."""
+        now = self.clock()
+        if p.role is Role.OUTLET_STAFF and p.outlet_id is not None:
+            await self.queue.connect(outlet_side(p.outlet_id), sid, self.node_id)
+            call_id = await self.queue.call_of_outlet(p.outlet_id)
+            if call_id is not None:
+                await self._side_back(call_id, "outlet")
+        elif p.role is Role.AGENT:
+            await self.queue.connect(agent_side(p.user_id), sid, self.node_id)
+            call_id = await self.queue.call_of_agent(p.user_id)
+            current = await self._presence_of(p)
+            await self._put_presence(pres.came_online(current, now, call_id))
+            await self.queue.schedule(f"presence:{p.user_id}", now + self.settings.presence_timeout_seconds)
+            if call_id is not None:
+                await self._side_back(call_id, "agent")
+
+    async def disconnected_socket(self, p: Principal, sid: str) -> None:
+        """A socket went away: if it was the side's last, the grace period of its call starts."""
+        if p.role is Role.OUTLET_STAFF and p.outlet_id is not None:
+            await self.side_gone(outlet_side(p.outlet_id), sid)
+        elif p.role is Role.AGENT:
+            await self.side_gone(agent_side(p.user_id), sid)
+
+    async def side_gone(self, side: str, sid: str | None) -> None:
+        kind, _, ident = side.partition(":")
+        remaining = await self.queue.disconnect(side, sid, self.node_id) if sid else 0
+        if remaining:
+            return
+        if kind == "outlet":
+            call_id = await self.queue.call_of_outlet(int(ident))
+        else:
+            call_id = await self.queue.call_of_agent(int(ident))
+        if call_id is None:
+            return
+        try:
+            await self.change(call_id, lambda c: domain.participant_lost(c, kind, self.clock()))
+        except NotFound:
+            return
+        log.info("call %s: %s lost, grace period started", call_id, kind)
+
+    async def _side_back(self, call_id: str, side: str) -> None:
+        try:
+            await self.change(call_id, lambda c: domain.participant_back(c, side, self.clock()))
+        except NotFound:
+            pass
+
+    # -- snapshots ------------------------------------------------------------------------
+    async def snapshot(self, p: Principal) -> dict[str, Any]:
+        """Everything a client needs to rebuild its screen after (re)connecting."""
+        now = self.clock()
+        body: dict[str, Any] = {"user": p.to_dict(), "server_time": now, "call": None}
+        call_id = None
+        if p.role is Role.OUTLET_STAFF and p.outlet_id is not None:
+            call_id = await self.queue.call_of_outlet(p.outlet_id)
+        elif p.role is Role.AGENT:
+            call_id = await self.queue.call_of_agent(p.user_id)
+            presence = await self.queue.get_presence(p.user_id)
+            body["presence"] = presence.public() if presence else None
+            body["queues"] = await self.queues_for(p)
+            body["callbacks"] = await self.directory.open_callbacks(p.department_ids)
+        elif p.role in (Role.SUPERVISOR, Role.ADMIN):
+            body["agents"] = await self.agents_visible_to(p)
+            body["queues"] = await self.queues_for(p)
+        if call_id is not None:
+            call = await self.queue.get(call_id)
+            if call is not None:
+                body["call"] = public_call(call, now)
+                if call.state is CallState.QUEUED:
+                    body["position"] = await self.position_of(call)
+        return body
+
+    async def queues_for(self, p: Principal) -> list[dict[str, Any]]:
+        """Waiting lists of the agent's departments, or of every department a supervisor sees."""
+        now = self.clock()
+        if p.role is Role.AGENT:
+            dept_ids = list(p.department_ids)
+        elif p.role in (Role.SUPERVISOR, Role.ADMIN):
+            county = None if p.role is Role.ADMIN else p.county
+            dept_ids = [d.id for d in await self.directory.departments_of_county(county)]
+        else:
+            raise Forbidden(f"role {p.role.value} has no queue view")
+        out = []
+        for dept_id in dept_ids:
+            waiting = await self.queue.waiting(dept_id)
+            out.append(
+                {"department_id": dept_id, "calls": [queue_entry(c, i, now) for i, c in enumerate(waiting, 1)]}
+            )
+        return out
+
+    # -- callbacks --------------------------------------------------------------------------
+    async def leave_callback(
+        self, p: Principal, item_id: int, applicant: Applicant, preferred: datetime | None, note: str
+    ) -> dict[str, Any]:
+        """An outlet asks to be called back (outside hours or nobody available)."""
+        p.require_role(Role.OUTLET_STAFF)
+        if p.outlet_id is None:
+            raise Forbidden("your account is not attached to an outlet")
+        outlet = await self.directory.outlet(p.outlet_id)
+        item = await self.directory.item(item_id)
+        dept = await self.directory.department(item.department_id)
+        if dept.county != outlet.county:
+            raise Forbidden(f"department {dept.id} serves another county")
+        if preferred is not None and preferred.tzinfo is None:
+            raise CloudHallError("preferred_time needs a time zone (e.g. 2026-11-24T09:00:00+08:00)",
+                                 code="invalid_input")
+        row = await self.directory.add_callback(p, dept.id, item.id, masked_applicant(applicant), preferred, note)
+        row.update(outlet_name=outlet.name, island=outlet.island, item_name=item.name)
+        await self._notify_callbacks(dept.id)
+        return {"callback": row}
+
+    async def callbacks_for(self, p: Principal) -> list[dict[str, Any]]:
+        p.require_role(Role.AGENT)
+        return await self.directory.open_callbacks(p.department_ids)
+
+    async def _notify_callbacks(self, department_id: int) -> None:
+        rows = await self.directory.open_callbacks((department_id,))
+        await self.notifier.emit(
+            CALLBACK_UPDATE, {"department_id": department_id, "callbacks": rows}, department_room(department_id)
+        )
+
+    async def call_back(self, p: Principal, callback_id: int) -> dict[str, Any]:
+        """The agent calls an outlet back: the call rings at the outlet."""
+        p.require_role(Role.AGENT)
+        held = await self.queue.call_of_agent(p.user_id)
+        if held is not None:
+            raise AgentBusy(f"you already hold call {held}", details={"call_id": held})
+        call_id = str(uuid.uuid4())
+        row = await self.directory.claim_callback(p, callback_id, call_id)
+        try:
+            outlet = await self.directory.outlet(row["outlet_id"])
+            dept = await self.directory.department(row["department_id"])
+            item = await self.directory.item(row["service_item_id"]) if row["service_item_id"] else None
+            if await self.queue.call_of_outlet(outlet.id) is not None:
+                raise Conflict(f"outlet {outlet.id} is in another call; try again later", code="outlet_busy")
+            now = self.clock()
+            call, events = domain.new_outbound_call(
+                call_id=call_id,
+                department_id=dept.id,
+                outlet_id=outlet.id,
+                staff_user_id=row_staff(row),
+                county=outlet.county,
+                agent_id=p.user_id,
+                agent_name=p.display_name,
+                callback_id=callback_id,
+                now=now,
+                item_id=item.id if item else None,
+                item_name=item.name if item else "",
+                outlet_name=outlet.name,
+                island=outlet.island,
+                department_name=dept.name,
+                applicant=dict(row["applicant"]),
+            )
+            await self.records.open(call, events, self.node_id)
+            stored = await self.queue.commit(None, call)
+        except CloudHallError:
+            await self.directory.settle_callback(callback_id, answered=False)
+            raise
+        await self._after(None, stored, events)
+        await self._notify_callbacks(dept.id)
+        return {"call": public_call(stored, now)}
+
+    # -- deadlines --------------------------------------------------------------------------
+    async def on_deadline(self, name: str) -> None:
+        """A deadline came due (this node holds its lease): apply what it stands for."""
+        kind, _, rest = name.partition(":")
+        now = self.clock()
+        if kind == "presence":
+            await self._presence_expired(int(rest), now)
+            return
+        if kind == "grace":
+            side, _, rest = rest.partition(":")
+            call_id, _, stamp = rest.rpartition(":")
+
+            def grace(call: Call) -> tuple[Call, list[CallEvent]]:
+                lost = call.outlet_lost_at if side == "outlet" else call.agent_lost_at
+                if not call.active or lost is None or repr(lost) != stamp:
+                    return call, []
+                return domain.grace_expired(call, side, now)
+
+            await self._ignore_missing(call_id, grace)
+            return
+        call_id, _, step_s = rest.rpartition(":")
+        step_no = int(step_s)
+        staffed = self._staffed_counts(await self.queue.all_presence()) if kind == "qlimit" else {}
+
+        def expire(call: Call) -> tuple[Call, list[CallEvent]]:
+            if call.step != step_no:
+                return call, []
+            if kind == "ring" and call.state is CallState.OFFERED:
+                if call.direction == "outbound":
+                    return domain.end(call, EndReason.ABANDONED, "system", now, why="no answer at the outlet")
+                return domain.requeue(call, "ring_timeout", "system", now)
+            if kind == "qlimit" and call.state is CallState.QUEUED:
+                # Nobody of the department online the whole time: "no agent"; else abandoned.
+                reason = EndReason.ABANDONED if staffed.get(call.department_id) else EndReason.NO_AGENT
+                return domain.end(call, reason, "system", now, waited_seconds=round(now - call.queued_at, 1))
+            if kind == "connect" and call.state is CallState.CONNECTING:
+                return domain.end(call, EndReason.FAILED, "system", now, why="media did not connect in time")
+            return call, []
+
+        await self._ignore_missing(call_id, expire)
+
+    @staticmethod
+    def _staffed_counts(agents: list[AgentPresence]) -> dict[int, int]:
+        counts: dict[int, int] = {}
+        for a in agents:
+            if a.state in (PresenceState.AVAILABLE, PresenceState.BUSY):
+                for d in a.department_ids:
+                    counts[d] = counts.get(d, 0) + 1
+        return counts
+
+    async def _ignore_missing(self, call_id: str, step: Callable[[Call], tuple[Call, list[CallEvent]]]) -> None:
+        try:
+            await self.change(call_id, step)
+        except NotFound:
+            return
+
+    async def _presence_expired(self, user_id: int, now: float) -> None:
+        current = await self.queue.get_presence(user_id)
+        if current is None or not pres.timed_out(current, now, self.settings.presence_timeout_seconds):
+            return
+        await self._put_presence(pres.offline(current, now))
+        log.info("agent %s: offline (no heartbeat for %.0f s)", user_id, now - current.last_seen)
+
+
+def row_staff(row: dict[str, Any]) -> int:
+    """The staff member who left a callback request (the session's staff user)."""
+    return int(row["staff_user_id"])
