@@ -1,0 +1,552 @@
+// The outlet page: pre-call check → item and applicant → queue → video call → rating.
+
+import { $, $$, el, pageConfig, show, translator } from "./dom.js";
+import { Signal } from "./socket.js";
+import { EV } from "./protocol.js";
+import { Peer, Ladder, qualityLevel } from "./peer.js";
+import { applyCameraStep, micLevel, nextCamera, openCameraAndMic, openScreen } from "./devices.js";
+import { measureNetwork } from "./netcheck.js";
+import { isValidIdNumber, isValidPhone } from "./idcard.js";
+import { ItemPicker } from "./items.js";
+import { Chat } from "./chat.js";
+
+const config = pageConfig();
+const t = translator(config.messages || {});
+
+const state = {
+  stage: "check",
+  media: null, // camera + microphone stream
+  screen: null, // screen stream while sharing
+  session: null, // {id, state, item_name}
+  peer: null,
+  ladder: new Ladder(),
+  stopMeter: null,
+  muted: false,
+  lastEnded: null,
+};
+
+// ---- stages -------------------------------------------------------------------------
+
+function setStage(stage) {
+  state.stage = stage;
+  for (const section of $$(".stage")) show(section, section.dataset.stage === stage);
+  for (const li of $$("#steps li")) {
+    li.classList.toggle("current", li.dataset.step === stage);
+  }
+  document.body.dataset.stage = stage;
+}
+
+function banner(text, kind = "error") {
+  const node = $("#banner");
+  node.textContent = text || "";
+  node.dataset.kind = kind;
+  show(node, Boolean(text));
+}
+
+// ---- connection ---------------------------------------------------------------------
+
+const signal = new Signal({ onConnect: resync });
+signal.addEventListener("state", (event) => {
+  const { state: s } = event.detail;
+  const node = $("#conn-status");
+  node.dataset.state = s;
+  node.textContent = s === "connected" ? t("connected") : t("disconnected");
+});
+
+/** After every (re)connect: ask the server where our call stands and catch up. */
+async function resync() {
+  let status;
+  try {
+    status = await signal.request(EV.SYNC, {});
+  } catch (err) {
+    banner(t("error") + err.message);
+    return;
+  }
+  const call = status && status.call;
+  if (!call) {
+    if (state.stage === "waiting" || state.stage === "call") endLocally({ reason: "failed" });
+    return;
+  }
+  onCallState(call);
+}
+
+function onCallState(call) {
+  if (!call || (state.session && call.session_id !== state.session.id && call.id !== state.session.id)) {
+    if (!state.session && call) state.session = { id: call.session_id || call.id };
+    else return;
+  }
+  if (!state.session) state.session = { id: call.session_id || call.id };
+  state.session.state = call.state;
+  if (call.item_name) state.session.item_name = call.item_name;
+  if (call.state === "queued") {
+    setStage("waiting");
+    showPosition(call);
+  } else if (call.state === "offered") {
+    setStage("waiting");
+    $("#wait-position").textContent = t("ringing");
+    $("#wait-eta").textContent = "";
+  } else if (call.state === "connecting" || call.state === "in_call") {
+    enterCall(call);
+  } else if (call.state === "ended") {
+    endLocally({ reason: call.end_reason || call.reason });
+  }
+}
+
+// ---- pre-call check -----------------------------------------------------------------
+
+function checkResult(id, result, text) {
+  const item = $(id);
+  item.dataset.result = result;
+  item.querySelector(".check-text").textContent = text;
+}
+
+async function checkCamera() {
+  show($("#check-camera-retry"), false);
+  try {
+    if (!state.media) state.media = await openCameraAndMic();
+    $("#check-video").srcObject = state.media;
+    if (state.stopMeter) state.stopMeter();
+    state.stopMeter = micLevel(state.media, (level) => { $("#mic-level").value = level; });
+    checkResult("#check-camera", "ok", t("check_camera_ok"));
+  } catch (err) {
+    checkResult("#check-camera", "fail", `${t("check_camera_fail")} (${err.name})`);
+    show($("#check-camera-retry"), true);
+  }
+}
+
+async function checkScreen() {
+  try {
+    const stream = await openScreen();
+    stream.getTracks().forEach((track) => track.stop());
+    checkResult("#check-screen", "ok", t("check_screen_ok"));
+  } catch (err) {
+    checkResult("#check-screen", "fail", `${t("check_screen_fail")} (${err.name})`);
+  }
+}
+
+async function checkNetwork() {
+  show($("#check-network-retry"), false);
+  checkResult("#check-network", "pending", t("check_net_running"));
+  const result = await measureNetwork();
+  const figures = result.rtt === null ? "" : " — " + t("net_result", { rtt: result.rtt, loss: Math.round(result.loss * 100) });
+  const advice = { good: "check_net_good", fair: "check_net_fair", poor: "check_net_poor", fail: "check_net_fail" }[result.verdict];
+  checkResult("#check-network", result.verdict === "fail" ? "fail" : result.verdict === "good" ? "ok" : "warn", t(advice) + figures);
+  if (result.verdict !== "good") show($("#check-network-retry"), true);
+}
+
+// ---- form ---------------------------------------------------------------------------
+
+const picker = new ItemPicker({
+  input: $("#item-search"),
+  list: $("#item-list"),
+  chosen: $("#item-chosen"),
+  emptyText: t("items_none"),
+});
+
+function validateId() {
+  const value = $("#applicant-id").value.trim().toUpperCase();
+  const msg = $("#applicant-id-msg");
+  if (!value) {
+    msg.textContent = "";
+    msg.dataset.kind = "";
+    return true;
+  }
+  const ok = isValidIdNumber(value);
+  msg.textContent = ok ? t("id_ok") : t("id_invalid");
+  msg.dataset.kind = ok ? "ok" : "error";
+  return ok;
+}
+
+function validatePhone() {
+  const value = $("#applicant-phone").value.trim();
+  const msg = $("#applicant-phone-msg");
+  const ok = !value || isValidPhone(value);
+  msg.textContent = ok ? "" : t("phone_invalid");
+  msg.dataset.kind = ok ? "" : "error";
+  return ok;
+}
+
+function formError(text) {
+  const node = $("#form-error");
+  node.textContent = text || "";
+  show(node, Boolean(text));
+}
+
+function collectForm() {
+  const item = picker.selected;
+  if (!item) return { error: t("pick_item") };
+  const name = $("#applicant-name").value.trim();
+  if (!name) return { error: t("need_name") };
+  if (!validateId()) return { error: t("id_invalid") };
+  if (!validatePhone()) return { error: t("phone_invalid") };
+  if (!$("#consent-accept").checked) return { error: t("need_consent") };
+  return {
+    payload: {
+      item_id: item.id,
+      applicant: {
+        name,
+        id_number: $("#applicant-id").value.trim().toUpperCase(),
+        phone: $("#applicant-phone").value.trim(),
+      },
+      priority: $("#applicant-priority").checked ? "priority" : "normal",
+      consent: true,
+    },
+  };
+}
+
+async function startCall(event) {
+  event.preventDefault();
+  const { error, payload } = collectForm();
+  formError(error);
+  if (error) return;
+  const button = $("#call-start");
+  button.disabled = true;
+  try {
+    const result = await signal.request(EV.CALL_REQUEST, payload);
+    state.session = { id: result.session_id, item_name: picker.selected.name, state: result.state || "queued" };
+    $("#wait-item").textContent = picker.selected.name;
+    setStage("waiting");
+    show($("#callback-box"), false);
+    show($("#call-cancel"), true);
+    showPosition(result);
+  } catch (err) {
+    if (["closed", "outside_hours", "no_agent", "nobody_available"].includes(err.code)) {
+      offerCallback(err);
+    } else {
+      formError(t("error") + err.message);
+    }
+  } finally {
+    button.disabled = false;
+  }
+}
+
+function showPosition(info) {
+  const ahead = info.ahead ?? (info.position !== undefined ? Math.max(0, info.position - 1) : null);
+  if (ahead !== null && ahead !== undefined) {
+    $("#wait-position").textContent = ahead === 0 ? t("queue_first") : t("queue_position", { ahead });
+  }
+  const eta = info.estimated_wait_seconds ?? info.eta_seconds;
+  if (eta !== undefined && eta !== null) {
+    $("#wait-eta").textContent = eta < 60 ? t("queue_wait_short") : t("queue_wait", { minutes: Math.round(eta / 60) });
+  }
+}
+
+function offerCallback(err) {
+  setStage("waiting");
+  show($("#call-cancel"), false);
+  $("#wait-item").textContent = picker.selected ? picker.selected.name : "";
+  $("#wait-position").textContent = "";
+  $("#wait-eta").textContent = "";
+  let reason = err.code === "closed" || err.code === "outside_hours" ? t("closed_hours") : t("nobody");
+  const opens = err.details && (err.details.opens_at_text || err.details.opens_at);
+  if (opens) reason += " " + t("opens_at", { when: opens });
+  $("#callback-reason").textContent = reason;
+  show($("#callback-box"), true);
+}
+
+async function sendCallback() {
+  const { error, payload } = collectForm();
+  if (error) {
+    $("#callback-reason").textContent = error;
+    return;
+  }
+  try {
+    await signal.request(EV.CALLBACK_REQUEST, { ...payload, note: $("#callback-when").value.trim() });
+    show($("#callback-box"), false);
+    $("#wait-position").textContent = t("callback_sent");
+    setTimeout(() => resetForNext(), 3000);
+  } catch (err) {
+    $("#callback-reason").textContent = t("error") + err.message;
+  }
+}
+
+async function cancelCall() {
+  if (!state.session) return setStage("form");
+  try {
+    await signal.request(EV.CALL_CANCEL, { session_id: state.session.id });
+  } catch (err) {
+    banner(t("error") + err.message);
+  }
+  state.session = null;
+  setStage("form");
+}
+
+// ---- in call ------------------------------------------------------------------------
+
+async function enterCall(call) {
+  if (state.stage !== "call") setStage("call");
+  if (state.peer) return;
+  if (!state.media) {
+    try {
+      state.media = await openCameraAndMic();
+    } catch {
+      state.media = new MediaStream();
+    }
+  }
+  $("#local-video").srcObject = state.media;
+  const peer = new Peer({
+    signal,
+    sessionId: state.session.id,
+    iceServers: call.ice_servers || state.iceServers || [],
+    sources: {
+      camera: state.media.getVideoTracks()[0] || null,
+      microphone: state.media.getAudioTracks()[0] || null,
+      screen: state.screen ? state.screen.getVideoTracks()[0] : null,
+    },
+    receive: ["camera", "microphone"],
+  });
+  state.peer = peer;
+  peer.addEventListener("track", (event) => {
+    const { source, track } = event.detail;
+    if (source === "camera") $("#remote-video").srcObject = new MediaStream([track]);
+    if (source === "microphone") $("#remote-audio").srcObject = new MediaStream([track]);
+  });
+  peer.addEventListener("state", (event) => {
+    const s = event.detail.state;
+    const overlay = $("#call-overlay");
+    if (s === "reconnecting") {
+      overlay.textContent = t("reconnecting");
+      show(overlay, true);
+      document.body.dataset.media = "reconnecting";
+    } else if (s === "connected") {
+      show(overlay, false);
+      document.body.dataset.media = "connected";
+    } else if (s === "failed") {
+      overlay.textContent = t("media_failed");
+      show(overlay, true);
+    }
+  });
+  peer.addEventListener("stats", (event) => onStats(event.detail));
+  try {
+    await peer.start();
+  } catch (err) {
+    banner(t("media_failed") + " " + err.message);
+    peer.restart("start failed");
+  }
+}
+
+function onStats(sample) {
+  const level = qualityLevel(sample);
+  const node = $("#quality");
+  node.dataset.level = level;
+  node.textContent = t(`quality_${level}`) + (sample.rtt !== null ? ` · ${sample.rtt} ms` : "");
+  const step = state.ladder.update(sample);
+  if (step !== null) setLadderStep(step, sample);
+  if (state.session) {
+    signal.send(EV.LINK_REPORT, {
+      session_id: state.session.id,
+      level,
+      step: state.ladder.step,
+      rtt_ms: sample.rtt,
+      loss_in: sample.lossIn,
+      loss_out: sample.lossOut,
+      kbps_in: sample.kbpsIn,
+      kbps_out: sample.kbpsOut,
+    });
+  }
+}
+
+async function setLadderStep(step, sample) {
+  if (!state.peer) return;
+  const previous = state.peer.step;
+  await state.peer.applyStep(step);
+  await applyCameraStep(state.media && state.media.getVideoTracks()[0], step >= 1 ? 1 : 0);
+  const note = $("#ladder-note");
+  note.textContent = step < previous && step === 0 ? t("ladder_up") : t(`ladder_${step}`);
+  note.dataset.step = String(step);
+  show(note, true);
+  document.body.dataset.ladder = String(step);
+}
+
+async function toggleShare() {
+  const button = $("#btn-share");
+  if (state.screen) {
+    state.screen.getTracks().forEach((track) => track.stop());
+    state.screen = null;
+    if (state.peer) await state.peer.replaceTrack("screen", null);
+    button.textContent = t("share_start");
+    button.setAttribute("aria-pressed", "false");
+    show($("#local-screen"), false);
+    return;
+  }
+  try {
+    state.screen = await openScreen();
+  } catch (err) {
+    banner(t("check_screen_fail"));
+    return;
+  }
+  const track = state.screen.getVideoTracks()[0];
+  track.addEventListener("ended", () => {
+    if (state.screen) toggleShare();
+  });
+  $("#local-screen").srcObject = state.screen;
+  show($("#local-screen"), true);
+  if (state.peer) await state.peer.replaceTrack("screen", track);
+  button.textContent = t("share_stop");
+  button.setAttribute("aria-pressed", "true");
+}
+
+async function switchCamera() {
+  const current = state.media && state.media.getVideoTracks()[0];
+  const next = await nextCamera(current);
+  if (!next) {
+    banner(t("camera_single"), "info");
+    setTimeout(() => banner(""), 3000);
+    return;
+  }
+  const stream = await openCameraAndMic({ deviceId: next.deviceId, audio: false });
+  const track = stream.getVideoTracks()[0];
+  if (current) {
+    state.media.removeTrack(current);
+    current.stop();
+  }
+  state.media.addTrack(track);
+  $("#local-video").srcObject = state.media;
+  if (state.peer) await state.peer.replaceTrack("camera", track);
+  banner(t("camera_switched"), "info");
+  setTimeout(() => banner(""), 3000);
+}
+
+function toggleMute() {
+  state.muted = !state.muted;
+  for (const track of state.media ? state.media.getAudioTracks() : []) track.enabled = !state.muted;
+  const button = $("#btn-mute");
+  button.textContent = state.muted ? t("unmute") : t("mute");
+  button.setAttribute("aria-pressed", String(state.muted));
+}
+
+function endLocally({ reason } = {}) {
+  if (state.peer) state.peer.close();
+  state.peer = null;
+  if (state.screen) state.screen.getTracks().forEach((track) => track.stop());
+  state.screen = null;
+  state.ladder = new Ladder();
+  const ended = state.session;
+  state.lastEnded = ended;
+  state.session = null;
+  const wasInCall = ended && ["connecting", "in_call"].includes(ended.state);
+  $("#ended-text").textContent = t("call_ended") + (reason ? " — " + t(`ended_reason_${reason}`) : "");
+  if (wasInCall || reason === "completed") {
+    setStage("rating");
+    show($("#rating-box"), true);
+    show($("#rating-done"), false);
+  } else if (reason === "cancelled" || !ended) {
+    setStage("form");
+  } else {
+    // Never connected (abandoned, no agent): offer a callback instead of a rating.
+    offerCallback({ code: reason === "abandoned" || reason === "no_agent" ? "no_agent" : reason });
+    $("#callback-reason").textContent = t(`ended_reason_${reason}`);
+  }
+}
+
+// ---- rating -------------------------------------------------------------------------
+
+let ratingLevel = null;
+
+function pickRating(event) {
+  const button = event.target.closest(".rating-btn");
+  if (!button) return;
+  ratingLevel = Number(button.dataset.level);
+  for (const b of $$(".rating-btn")) b.setAttribute("aria-pressed", String(b === button));
+}
+
+async function submitRating() {
+  const errorNode = $("#rating-error");
+  if (!ratingLevel) {
+    errorNode.textContent = t("rating_pick");
+    show(errorNode, true);
+    return;
+  }
+  const sessionId = state.lastEnded && state.lastEnded.id;
+  const response = await fetch(`/api/sessions/${encodeURIComponent(sessionId)}/rating`, {
+    method: "POST",
+    credentials: "same-origin",
+    headers: { "Content-Type": "application/json", "X-CSRF-Token": config.csrf_token },
+    body: JSON.stringify({ level: ratingLevel, comment: $("#rating-comment").value.trim() }),
+  });
+  if (!response.ok) {
+    const body = await response.json().catch(() => ({}));
+    errorNode.textContent = t("error") + ((body.error && body.error.message) || response.status);
+    show(errorNode, true);
+    return;
+  }
+  show(errorNode, false);
+  show($("#rating-box"), false);
+  $("#rating-done").textContent = t("rating_thanks");
+  show($("#rating-done"), true);
+}
+
+function resetForNext() {
+  ratingLevel = null;
+  for (const b of $$(".rating-btn")) b.setAttribute("aria-pressed", "false");
+  $("#rating-comment").value = "";
+  for (const id of ["#applicant-name", "#applicant-id", "#applicant-phone", "#callback-when"]) $(id).value = "";
+  $("#applicant-priority").checked = false;
+  $("#consent-accept").checked = false;
+  $("#applicant-id-msg").textContent = "";
+  picker.clear();
+  $("#chat-log").replaceChildren();
+  $("#decisions").replaceChildren();
+  formError("");
+  setStage("form");
+}
+
+// ---- server events ------------------------------------------------------------------
+
+const chat = new Chat({ signal, log: $("#chat-log"), form: $("#chat-form"), input: $("#chat-input"), t, sessionId: () => state.session && state.session.id });
+
+signal.on(EV.QUEUE_POSITION, (info) => {
+  if (state.session && info.session_id === state.session.id && state.stage === "waiting") showPosition(info);
+});
+signal.on(EV.CALL_STATE, (call) => onCallState(call));
+signal.on(EV.CALL_OFFERED, (call) => onCallState({ ...call, state: call.state || "offered" }));
+signal.on(EV.CALL_ENDED, (info) => {
+  if (state.session && (info.session_id === state.session.id)) {
+    state.session.state = state.session.state || info.state;
+    endLocally({ reason: info.reason || info.end_reason });
+  }
+});
+signal.on(EV.CHAT_MESSAGE, (message) => chat.receive(message));
+signal.on(EV.DECISION, (decision) => {
+  $("#decisions").append(el("li", { text: decision.text || decision.label || decision.kind }));
+});
+signal.on(EV.LINK_STATUS, (status) => {
+  if (!status || status.from === "outlet") return;
+  const note = $("#ladder-note");
+  if (status.step) {
+    note.textContent = t(`remote_ladder_${status.step}`);
+    show(note, true);
+  }
+});
+
+// ---- wiring -------------------------------------------------------------------------
+
+$("#check-camera-retry").addEventListener("click", checkCamera);
+$("#check-screen-run").addEventListener("click", checkScreen);
+$("#check-network-retry").addEventListener("click", checkNetwork);
+$("#check-continue").addEventListener("click", () => {
+  if (state.stopMeter) state.stopMeter();
+  state.stopMeter = null;
+  setStage("form");
+  $("#item-search").focus();
+});
+$("#applicant-id").addEventListener("input", validateId);
+$("#applicant-phone").addEventListener("input", validatePhone);
+$("#call-form").addEventListener("submit", startCall);
+$("#call-cancel").addEventListener("click", cancelCall);
+$("#callback-send").addEventListener("click", sendCallback);
+$("#callback-back").addEventListener("click", () => setStage("form"));
+$("#btn-share").addEventListener("click", toggleShare);
+$("#btn-camera").addEventListener("click", switchCamera);
+$("#btn-mute").addEventListener("click", toggleMute);
+$("#rating-buttons").addEventListener("click", pickRating);
+$("#rating-submit").addEventListener("click", submitRating);
+$("#next-applicant").addEventListener("click", resetForNext);
+window.addEventListener("online", () => {
+  if (state.peer && state.peer.state !== "connected") state.peer.restart("online");
+});
+
+setStage("check");
+picker.load().catch((err) => banner(t("error") + err.message));
+checkCamera();
+checkNetwork();
