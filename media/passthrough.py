@@ -230,6 +230,18 @@ def install_sender_hooks(
     sender._send_keyframe = on_keyframe_request  # type: ignore[method-assign]
 
 
+def receiver_backlog(receiver: aiortc.RTCRtpReceiver) -> int:
+    """Items waiting inside aiortc for a receiver: its decoder queue plus its (unconsumed) track queue."""
+    backlog = 0
+    queue = getattr(receiver, "_RTCRtpReceiver__decoder_queue", None)
+    if queue is not None and hasattr(queue, "qsize"):
+        backlog += queue.qsize()
+    track = receiver.track
+    if track is not None and hasattr(track, "_queue"):
+        backlog += track._queue.qsize()
+    return backlog
+
+
 def make_packet(data: bytes, pts: int, clock_rate: int) -> av.Packet:
     """An av.Packet carrying one encoded frame, as a forwarding track returns it."""
     packet = av.Packet(data)

@@ -15,7 +15,7 @@ from typing import Callable, Protocol
 from cloudhall.errors import InvalidInput, NotFound
 from cloudhall.settings import MediaSettings
 from media import ice, passthrough
-from media.offer import AnswerOut, OfferIn
+from media.offer import AnswerOut, OfferIn, parse_offer
 from media.session import MediaSession
 from media.sink import PacketSink
 
@@ -90,6 +90,7 @@ class MediaServer:
         """
         if not isinstance(session_id, str) or not session_id:
             raise InvalidInput("session_id must be a non-empty string")
+        parse_offer(participant, offer)  # refuse a bad offer before creating anything
         session = self._sessions.get(session_id)
         if session is None:
             session = MediaSession(
