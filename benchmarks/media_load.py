@@ -1,0 +1,522 @@
+"""Load benchmark for the media server (not part of CI): K concurrent recorded calls.
+
+    .venv/bin/python benchmarks/media_load.py --calls 1,4,8 --seconds 15 --baseline-calls 1
+
+Each call: outlet camera 640x480@30 + screen 1280x720@10 + Opus, agent camera 640x480@30 + Opus
+(432 RTP packets/s into the server). The server runs in its own process (one core's worth:
+one asyncio loop) and is either ``passthrough`` (media.MediaServer + recordings'
+SessionRecorder) or ``stock`` (aiortc MediaRelay forwarding + MediaRecorder per track, the
+baseline). Clients run in separate processes and send *pre-encoded* VP8/Opus loops (encoded
+once at start, keyframe at the loop start and on PLI) and count frames with the passthrough
+tap instead of decoding, so that a 2-core machine can drive many calls; a trailer with the
+send time on every video frame gives the one-hop latency (client -> server -> client; the
+stock server re-encodes, so there it cannot be read).
+
+Prints, per server kind and K: server CPU per call (% of one core), RSS per call, receiver
+frame rate (% of sent, worst route and mean), packet loss, event-loop lag p99, call set-up
+time (agent's offer -> first outlet camera frame at the agent) p50/p95, one-hop latency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import fractions
+import json
+import logging
+import multiprocessing as mp
+import os
+import statistics
+import struct
+import sys
+import tempfile
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+MAGIC = b"CHLT"
+ROUTES = {  # participant -> (own sources, wanted roles)
+    "outlet": (("camera", "screen", "microphone"), ("remote:camera", "remote:microphone")),
+    "agent": (("camera", "microphone"), ("remote:camera", "remote:screen", "remote:microphone")),
+}
+RATES = {"camera": 30, "screen": 10, "microphone": 50}
+
+
+# --------------------------------------------------------------------------- media loops
+def encode_loops() -> dict[str, list[bytes]]:
+    """VP8 and Opus loops, encoded once: each loop starts with a keyframe."""
+    import av
+    import numpy as np
+
+    def vp8(width: int, height: int, frames: int, bitrate: int) -> list[bytes]:
+        codec = av.CodecContext.create("libvpx", "w")
+        codec.width, codec.height, codec.pix_fmt = width, height, "yuv420p"
+        codec.bit_rate = bitrate
+        codec.time_base = fractions.Fraction(1, 90000)
+        codec.options = {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0", "kf-max-dist": "100000"}
+        out = []
+        for i in range(frames):
+            img = np.full((height * 3 // 2, width), 128, dtype=np.uint8)
+            img[:height] = (np.arange(width)[None, :] + i * 8) % 256
+            img[(i * 7) % height: (i * 7) % height + 16, :] = 30
+            frame = av.VideoFrame.from_ndarray(img, format="yuv420p")
+            frame.pts = i * 3000
+            frame.pict_type = av.video.frame.PictureType.I if i == 0 else av.video.frame.PictureType.NONE
+            out += [bytes(p) for p in codec.encode(frame)]
+        out += [bytes(p) for p in codec.encode(None)]
+        return out[:frames]
+
+    def opus() -> list[bytes]:
+        codec = av.CodecContext.create("libopus", "w")
+        codec.sample_rate, codec.format, codec.layout, codec.bit_rate = 48000, "s16", "stereo", 64000
+        out = []
+        t = np.arange(960) / 48000
+        for i in range(60):
+            tone = (np.sin(2 * np.pi * 440 * (t + i * 0.02)) * 8000).astype(np.int16)
+            frame = av.AudioFrame.from_ndarray(np.repeat(tone, 2).reshape(1, -1), format="s16", layout="stereo")
+            frame.sample_rate, frame.pts = 48000, i * 960
+            out += [bytes(p) for p in codec.encode(frame)]
+        return out[:50]
+
+    return {"camera": vp8(640, 480, 60, 600_000), "screen": vp8(1280, 720, 20, 800_000), "microphone": opus()}
+
+
+# --------------------------------------------------------------------------- server side
+def server_main(mode: str, port_queue: Any, record_dir: str) -> None:
+    logging.basicConfig(level=logging.WARNING)
+    asyncio.run(_serve(mode, port_queue, record_dir))
+
+
+async def _serve(mode: str, port_queue: Any, record_dir: str) -> None:
+    import psutil
+    from aiohttp import web
+
+    lags: deque[float] = deque(maxlen=100_000)
+    loop = asyncio.get_running_loop()
+
+    async def probe_lag() -> None:
+        while True:
+            start = loop.time()
+            await asyncio.sleep(0.02)
+            lags.append(loop.time() - start - 0.02)
+
+    lag_task = asyncio.ensure_future(probe_lag())
+    backend: Any = PassthroughBackend(record_dir) if mode == "passthrough" else StockBackend(record_dir)
+    process = psutil.Process()
+    stop = asyncio.Event()
+
+    async def offer(request: web.Request) -> web.Response:
+        body = await request.json()
+        sdp = await backend.negotiate(body["session"], body["participant"], body["sdp"], body["tracks"])
+        return web.json_response({"sdp": sdp})
+
+    async def probe(request: web.Request) -> web.Response:
+        times = process.cpu_times()
+        values = sorted(lags)
+        lags.clear()
+        p99 = values[int(len(values) * 0.99)] if values else 0.0
+        return web.json_response({"cpu": times.user + times.system, "rss": process.memory_info().rss,
+                                  "lag_p99": p99, "threads": process.num_threads()})
+
+    async def shutdown(request: web.Request) -> web.Response:
+        stop.set()
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_post("/offer", offer)
+    app.router.add_get("/probe", probe)
+    app.router.add_post("/shutdown", shutdown)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port_queue.put(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+    await stop.wait()
+    lag_task.cancel()
+    await backend.close()
+    await runner.cleanup()
+
+
+class _NullRecordingEvents:
+    def file_finished(self, session_id: str, entry: dict) -> None:
+        pass
+
+    def recording_failed(self, session_id: str, reason: str) -> None:
+        print(f"recording failed: {session_id}: {reason}", file=sys.stderr)
+
+
+class PassthroughBackend:
+    def __init__(self, record_dir: str) -> None:
+        from cloudhall.settings import MediaSettings
+        from media.server import MediaServer
+
+        self.recorders: list[Any] = []
+        self.disk = None
+        try:
+            from recordings.diskwriter import DiskWriter
+            from recordings.writer import SessionRecorder
+
+            self.disk = DiskWriter(name="bench-recorder")
+
+            def sink(session_id: str) -> Any:
+                recorder = SessionRecorder(session_id, Path(record_dir), _NullRecordingEvents(), disk_writer=self.disk)
+                self.recorders.append(recorder)
+                return recorder
+        except ImportError as exc:  # the recorder is someone else's package: fall back to a no-op sink
+            print(f"recordings.writer unavailable ({exc}); using a no-op sink", file=sys.stderr)
+            sink = lambda session_id: _NoopSink()  # noqa: E731
+        self.server = MediaServer(MediaSettings(), sink_factory=sink)
+
+    async def negotiate(self, session: str, participant: str, sdp: str, tracks: dict) -> str:
+        from media.server import OfferIn
+
+        answer = await self.server.negotiate(session, participant, OfferIn(sdp=sdp, tracks=tracks))
+        return answer.sdp
+
+    async def close(self) -> None:
+        await self.server.close()
+        for recorder in self.recorders:
+            await recorder.close()
+        if self.disk is not None:
+            self.disk.close()
+
+
+class _NoopSink:
+    def open_track(self, track: Any) -> Any:
+        return self
+
+    def write(self, frame: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class StockBackend:
+    """The baseline: aiortc's MediaRelay forwards decoded frames, MediaRecorder re-encodes."""
+
+    def __init__(self, record_dir: str) -> None:
+        from aiortc.contrib.media import MediaRelay
+
+        self.relay = MediaRelay()
+        self.record_dir = Path(record_dir)
+        self.sources: dict[tuple[str, str, str], asyncio.Future[Any]] = {}
+        self.pcs: list[Any] = []
+        self.recorders: list[Any] = []
+
+    def _source(self, session: str, owner: str, source: str) -> asyncio.Future[Any]:
+        key = (session, owner, source)
+        if key not in self.sources:
+            self.sources[key] = asyncio.get_running_loop().create_future()
+        return self.sources[key]
+
+    async def negotiate(self, session: str, participant: str, sdp: str, tracks: dict) -> str:
+        from aiortc import MediaStreamTrack, RTCBundlePolicy, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+        from aiortc.contrib.media import MediaRecorder
+
+        relay = self.relay
+
+        class Proxy(MediaStreamTrack):
+            def __init__(self, kind: str, future: asyncio.Future[Any]) -> None:
+                super().__init__()
+                self.kind, self.future, self.sub = kind, future, None
+
+            async def recv(self) -> Any:
+                if self.sub is None:
+                    self.sub = relay.subscribe(await self.future, buffered=False)
+                return await self.sub.recv()
+
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE))
+        self.pcs.append(pc)
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        other = "agent" if participant == "outlet" else "outlet"
+        for t in pc.getTransceivers():
+            role = tracks[t.mid]
+            if role.startswith("remote:"):
+                t.sender.replaceTrack(Proxy(t.kind, self._source(session, other, role[7:])))
+                t.direction = "sendonly"
+            else:
+                t.direction = "recvonly"
+                self._source(session, participant, role).set_result(t.receiver.track)
+                path = self.record_dir / f"{session}-{participant}-{role}.mkv"
+                recorder = MediaRecorder(str(path), format="matroska")
+                recorder.addTrack(relay.subscribe(t.receiver.track))
+                await recorder.start()
+                self.recorders.append(recorder)
+        await pc.setLocalDescription(await pc.createAnswer())
+        return pc.localDescription.sdp
+
+    async def close(self) -> None:
+        for recorder in self.recorders:
+            try:
+                await asyncio.wait_for(recorder.stop(), 10)
+            except Exception:
+                pass
+        for pc in self.pcs:
+            await pc.close()
+
+
+# --------------------------------------------------------------------------- client side
+def client_main(calls: list[str], port: int, loops: dict[str, list[bytes]], results: Any, control: Any) -> None:
+    logging.basicConfig(level=logging.WARNING)
+    asyncio.run(_clients(calls, port, loops, results, control))
+
+
+class LoopTrack:
+    """Factory for a pre-encoded looping track; jumps back to the keyframe on PLI."""
+
+    @staticmethod
+    def make(kind: str, source: str, frames: list[bytes]) -> Any:
+        from aiortc import MediaStreamTrack
+
+        from media import passthrough
+
+        class _Loop(MediaStreamTrack):
+            def __init__(self) -> None:
+                super().__init__()
+                self.kind = kind
+                self.index = 0
+                self.start: float | None = None
+                self.sent = 0
+                self.clock = 90000 if kind == "video" else 48000
+
+            def keyframe(self) -> None:
+                if kind == "video":
+                    self.index = 0
+
+            async def recv(self) -> Any:
+                if self.start is None:
+                    self.start = time.time()
+                due = self.start + self.sent / RATES[source]
+                delay = due - time.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                data = frames[self.index % len(frames)]
+                self.index = (self.index + 1) % len(frames)
+                if kind == "video":
+                    data = data + struct.pack("!d", time.time()) + MAGIC
+                pts = int(self.sent * self.clock / RATES[source])
+                self.sent += 1
+                return passthrough.make_packet(data, pts, self.clock)
+
+        return _Loop()
+
+
+class Counter:
+    """Frames (arrival times), latency samples and RTP loss of one received route."""
+
+    def __init__(self) -> None:
+        self.arrivals: list[float] = []
+        self.latency: list[float] = []
+        self.received = 0
+        self.first_seq: int | None = None
+        self.ext_max = 0
+        self.cycles = 0
+        self.last: int | None = None
+
+    def packet(self, seq: int) -> None:
+        self.received += 1
+        if self.first_seq is None:
+            self.first_seq = self.last = seq
+            self.ext_max = seq
+            return
+        assert self.last is not None
+        if ((seq - self.last) & 0xFFFF) < 0x8000:
+            if seq < self.last:
+                self.cycles += 1 << 16
+            self.last = seq
+            self.ext_max = self.cycles + seq
+
+    @property
+    def loss(self) -> float:
+        if self.first_seq is None:
+            return 0.0
+        expected = self.ext_max - self.first_seq + 1
+        return max(0.0, 1 - self.received / expected) if expected > 0 else 0.0
+
+
+async def _connect(session: str, participant: str, port: int, loops: dict[str, list[bytes]],
+                   counters: dict[str, Counter]) -> Any:
+    import aiohttp
+    from aiortc import RTCBundlePolicy, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+
+    from media import passthrough
+
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE))
+    own, wanted = ROUTES[participant]
+    roles = []
+    for source in own:
+        kind = "audio" if source == "microphone" else "video"
+        track = LoopTrack.make(kind, source, loops[source])
+        t = pc.addTransceiver(track, direction="sendonly")
+        passthrough.install_sender_hooks(t.sender, kind, track.keyframe, lambda bitrate: None)
+        roles.append((t, source))
+    for role in wanted:
+        kind = "audio" if role.endswith("microphone") else "video"
+        t = pc.addTransceiver(kind, direction="recvonly")
+        counter = counters.setdefault(role, Counter())
+
+        def on_frame(data: bytes, ts: int, key: bool, now: float, counter: Counter = counter) -> None:
+            wall = time.time()
+            counter.arrivals.append(wall)
+            if data.endswith(MAGIC):
+                counter.latency.append(wall - struct.unpack("!d", data[-12:-4])[0])
+
+        tap = passthrough.ReceiverTap(t.receiver, kind, on_frame, lambda: None)
+        original_add = tap.add
+
+        def add(packet: Any, counter: Counter = counter, original_add: Any = original_add) -> Any:
+            counter.packet(packet.sequence_number)
+            return original_add(packet)
+
+        tap.add = add  # type: ignore[method-assign]  # aiortc looks add up on the tap instance
+        roles.append((t, role))
+    await pc.setLocalDescription(await pc.createOffer())
+    body = {"session": session, "participant": participant, "sdp": pc.localDescription.sdp,
+            "tracks": {t.mid: role for t, role in roles}}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"http://127.0.0.1:{port}/offer", json=body,
+                             timeout=aiohttp.ClientTimeout(total=60)) as response:
+            response.raise_for_status()
+            answer = await response.json()
+    await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
+    return pc
+
+
+async def _clients(calls: list[str], port: int, loops: dict[str, list[bytes]], results: Any, control: Any) -> None:
+    counters: dict[str, dict[str, dict[str, Counter]]] = {}
+    pcs = []
+    setup: list[float] = []
+    for session in calls:
+        counters[session] = {"outlet": {}, "agent": {}}
+        pcs.append(await _connect(session, "outlet", port, loops, counters[session]["outlet"]))
+        started = time.time()
+        pcs.append(await _connect(session, "agent", port, loops, counters[session]["agent"]))
+        camera = counters[session]["agent"]["remote:camera"]
+        deadline = time.time() + 20
+        while not camera.arrivals and time.time() < deadline:
+            await asyncio.sleep(0.01)
+        setup.append(camera.arrivals[0] - started if camera.arrivals else float("nan"))
+    results.put(("ready", setup))
+    loop = asyncio.get_running_loop()
+    window_start, window_end = await loop.run_in_executor(None, control.get)
+    await asyncio.sleep(max(0.0, window_end - time.time()) + 0.3)
+    report = []
+    for session, parts in counters.items():
+        for participant, routes in parts.items():
+            for role, counter in routes.items():
+                source = role.split(":")[1]
+                got = sum(1 for a in counter.arrivals if window_start <= a < window_end)
+                lat = [x for a, x in zip(counter.arrivals[-len(counter.latency):], counter.latency)
+                       if window_start <= a < window_end] if counter.latency else []
+                report.append({"route": f"{participant}<-{source}", "got": got,
+                               "expected": RATES[source] * (window_end - window_start),
+                               "loss": counter.loss, "latency": lat})
+    results.put(("report", report))
+    for pc in pcs:
+        await pc.close()
+
+
+# --------------------------------------------------------------------------- orchestration
+def _get(port: int, path: str, method: str = "GET") -> dict:
+    import urllib.request
+
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method, data=b"" if method == "POST" else None)
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.loads(response.read())
+
+
+def _pct(values: list[float], q: float) -> float:
+    values = sorted(v for v in values if v == v)
+    if not values:
+        return float("nan")
+    return values[min(len(values) - 1, int(len(values) * q))]
+
+
+def run(mode: str, calls: int, seconds: float, loops: dict[str, list[bytes]], processes: int) -> dict:
+    """One server process of ``mode`` with ``calls`` concurrent calls; returns the figures."""
+    ctx = mp.get_context("spawn")
+    port_queue = ctx.Queue()
+    record_dir = tempfile.mkdtemp(prefix=f"media-load-{mode}-")
+    server = ctx.Process(target=server_main, args=(mode, port_queue, record_dir), daemon=True)
+    server.start()
+    port = port_queue.get(timeout=60)
+    idle = _get(port, "/probe")
+    results = ctx.Queue()
+    controls = []
+    clients = []
+    names = [f"{mode}-{calls}-{i}" for i in range(calls)]
+    shares = [names[i::processes] for i in range(processes) if names[i::processes]]
+    for share in shares:
+        control = ctx.Queue()
+        process = ctx.Process(target=client_main, args=(share, port, loops, results, control), daemon=True)
+        process.start()
+        controls.append(control)
+        clients.append(process)
+    setup: list[float] = []
+    for _ in clients:
+        kind, value = results.get(timeout=120 + 10 * calls)
+        setup += value
+    time.sleep(2.0)  # settle
+    before = _get(port, "/probe")
+    start = time.time()
+    for control in controls:
+        control.put((start, start + seconds))
+    time.sleep(seconds)
+    after = _get(port, "/probe")
+    reports: list[dict] = []
+    for _ in clients:
+        kind, value = results.get(timeout=60)
+        reports += value
+    _get(port, "/shutdown", "POST")
+    for process in clients:
+        process.join(timeout=30)
+    server.join(timeout=60)
+    if server.is_alive():
+        server.terminate()
+    ratios = [r["got"] / r["expected"] for r in reports]
+    latency = [x for r in reports for x in r["latency"]]
+    return {
+        "mode": mode, "calls": calls,
+        "cpu_per_call_pct": 100 * (after["cpu"] - before["cpu"]) / seconds / calls,
+        "cpu_total_pct": 100 * (after["cpu"] - before["cpu"]) / seconds,
+        "rss_per_call_mb": (after["rss"] - idle["rss"]) / calls / 2**20,
+        "fps_worst_pct": 100 * min(ratios), "fps_mean_pct": 100 * statistics.mean(ratios),
+        "loss_pct": 100 * max(r["loss"] for r in reports),
+        "lag_p99_ms": 1000 * after["lag_p99"],
+        "setup_p50_s": _pct(setup, 0.5), "setup_p95_s": _pct(setup, 0.95),
+        "latency_p50_ms": 1000 * _pct(latency, 0.5), "latency_p95_ms": 1000 * _pct(latency, 0.95),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--calls", default="1,4,8", help="comma-separated K values for the passthrough server")
+    parser.add_argument("--baseline-calls", default="1", help="K values for the stock server ('' to skip)")
+    parser.add_argument("--seconds", type=float, default=15.0, help="measurement window per run")
+    parser.add_argument("--client-processes", type=int, default=2)
+    args = parser.parse_args()
+    loops = encode_loops()
+    rows = []
+    plan = [("passthrough", int(k)) for k in args.calls.split(",") if k]
+    plan += [("stock", int(k)) for k in args.baseline_calls.split(",") if k]
+    header = (f"{'server':<12}{'K':>4}{'cpu/call':>10}{'cpu tot':>9}{'rss/call':>10}{'fps worst':>10}"
+              f"{'fps mean':>9}{'loss':>7}{'lag p99':>9}{'setup p50':>10}{'p95':>7}{'hop p50':>9}{'p95':>7}")
+    print(header)
+    for mode, calls in plan:
+        row = run(mode, calls, args.seconds, loops, min(args.client_processes, calls))
+        rows.append(row)
+        print(f"{row['mode']:<12}{row['calls']:>4}{row['cpu_per_call_pct']:>9.1f}%{row['cpu_total_pct']:>8.0f}%"
+              f"{row['rss_per_call_mb']:>8.1f}MB{row['fps_worst_pct']:>9.0f}%{row['fps_mean_pct']:>8.0f}%"
+              f"{row['loss_pct']:>6.2f}%{row['lag_p99_ms']:>7.1f}ms{row['setup_p50_s']:>9.2f}s"
+              f"{row['setup_p95_s']:>6.2f}s{row['latency_p50_ms']:>7.1f}ms{row['latency_p95_ms']:>5.1f}ms",
+              flush=True)
+    print(json.dumps(rows, indent=1), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
