@@ -1,12 +1,13 @@
 """The session recorder: every track epoch muxed as it arrives, off the event loop.
 
 :class:`SessionRecorder` implements media's ``PacketSink`` port structurally (this package
-never imports ``media``). ``write()`` runs on the event loop and only puts the frame on a
-bounded queue; one writer thread per session muxes each track epoch into its own flushed
-Matroska ``.mkv.part`` (:mod:`recordings.trackfile`); a finalizer thread turns each closed
-part into a seekable, hashed WebM (:mod:`recordings.finalize`) so a long remux never holds
-up the live tracks. The manifest (:mod:`recordings.manifest`) is rewritten as files open,
-get their first frame and close.
+never imports ``media``). ``write()`` runs on the event loop and only queues the frame
+(bounded per session); the muxing thread of a :class:`~recordings.diskwriter.DiskWriter`
+(shared by every recorder of the process, or the recorder's own) muxes each track epoch
+into its own flushed Matroska ``.mkv.part`` (:mod:`recordings.trackfile`); its finalizing
+thread turns each closed part into a seekable, hashed WebM (:mod:`recordings.finalize`)
+so a long remux never holds up the live tracks. The manifest (:mod:`recordings.manifest`)
+is rewritten as files open, get their first frame and close.
 
 Overload: if the writer falls behind by more than ``max_queued_frames`` frames or
 ``max_queued_bytes`` bytes, new frames are dropped — for video until the next keyframe,
@@ -25,7 +26,6 @@ import concurrent.futures
 import fcntl
 import logging
 import os
-import queue
 import threading
 import time
 from pathlib import Path
@@ -33,6 +33,7 @@ from typing import Any, Callable, Protocol
 
 from cloudhall.errors import Conflict, InvalidInput
 from recordings import manifest as mf
+from recordings.diskwriter import DiskWriter
 from recordings.finalize import (
     LOCK_NAME,
     NothingToFinalize,
@@ -95,6 +96,9 @@ class _Frame(Protocol):
 class SessionRecorder:
     """Records every track of one session under ``root/<session_id>/`` (a media ``PacketSink``).
 
+    Pass the process's shared ``disk_writer`` (see :mod:`recordings.diskwriter`); without
+    one the recorder starts its own threads and stops them in :meth:`close`.
+
     Raises :class:`~cloudhall.errors.InvalidInput` if ``session_id`` is not a safe path name.
     """
 
@@ -107,6 +111,7 @@ class SessionRecorder:
         clock: Callable[[], float] = time.time,
         max_queued_frames: int = DEFAULT_MAX_QUEUED_FRAMES,
         max_queued_bytes: int = DEFAULT_MAX_QUEUED_BYTES,
+        disk_writer: DiskWriter | None = None,
     ) -> None:
         if not mf.is_safe_name(session_id):
             raise InvalidInput(f"session id {session_id!r} cannot name a recording folder")
@@ -116,16 +121,17 @@ class SessionRecorder:
         self._clock = clock
         self._max_frames = max_queued_frames
         self._max_bytes = max_queued_bytes
-        self._queue: queue.SimpleQueue[tuple[str, Any, Any]] = queue.SimpleQueue()
+        self._own_disk = disk_writer is None
+        self._disk = disk_writer or DiskWriter(name=f"recorder-{session_id}")
         self._backlog_lock = threading.Lock()
         self._queued_frames = 0
         self._queued_bytes = 0
         self._writers: list[TrackWriter] = []
         self._stems: set[str] = set()
         self._manifest = mf.ManifestStore(self.session_dir, session_id, clock())
-        self._thread: threading.Thread | None = None
-        self._thread_done: concurrent.futures.Future[None] = concurrent.futures.Future()
-        self._finalizer: concurrent.futures.ThreadPoolExecutor | None = None
+        self._states: dict[TrackWriter, _TrackState] = {}  # the muxing thread's
+        self._started = False
+        self._stopped: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._finalizing: list[concurrent.futures.Future[None]] = []
         self._lock_fd: int | None = None
         self._failed = False
@@ -177,8 +183,8 @@ class SessionRecorder:
         self._stems.add(stem)
         writer = TrackWriter(self, track, stem)
         self._writers.append(writer)
-        self._start_thread()
-        self._queue.put((_OPEN, writer, None))
+        self._started = True
+        self._submit(_OPEN, writer, None)
         log.info("session %s: recording %s epoch %d (%s)", self.session_id, track.name, track.epoch, codec)
         return writer
 
@@ -196,14 +202,14 @@ class SessionRecorder:
         self._loop = self._loop or loop
         for writer in self._writers:
             writer.close()
-        if self._thread is not None:
-            self._queue.put((_STOP, None, None))
-            await asyncio.wrap_future(self._thread_done)
+        if self._started:
+            self._submit(_STOP, None, None)
+            await asyncio.wrap_future(self._stopped)
         if self._finalizing:
             await asyncio.gather(*(asyncio.wrap_future(f) for f in self._finalizing))
-        manifest = await loop.run_in_executor(self._finalizer, self._write_final_manifest)
-        if self._finalizer is not None:
-            self._finalizer.shutdown(wait=False)
+        manifest = await loop.run_in_executor(None, self._write_final_manifest)
+        if self._own_disk:
+            await loop.run_in_executor(None, self._disk.close)
         log.info("session %s: recording closed (%s, %d files)",
                  self.session_id, manifest["state"], len(manifest["files"]))
         return manifest
@@ -218,47 +224,48 @@ class SessionRecorder:
                 return False
             self._queued_frames += 1
             self._queued_bytes += size
-        self._queue.put((_FRAME, writer, frame))
+        self._submit(_FRAME, writer, frame)
         return True
 
-    def _start_thread(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(
-                target=self._run, name=f"recorder-{self.session_id}", daemon=True
-            )
-            self._thread.start()
-
-    # -- writer thread ---------------------------------------------------------------------
-
-    def _run(self) -> None:
-        states: dict[TrackWriter, _TrackState] = {}
+    def _submit(self, op: str, writer: TrackWriter | None, payload: Any) -> None:
         try:
-            while True:
-                op, writer, payload = self._queue.get()
-                if op == _FRAME:
-                    with self._backlog_lock:
-                        self._queued_frames -= 1
-                        self._queued_bytes -= len(payload.data)
-                if self._failed and states:
-                    for state in states.values():
-                        if state.file is not None:
-                            state.file.abort()
-                    states.clear()
-                if op == _STOP:
-                    break
-                if self._failed:
-                    continue
-                try:
-                    if op == _OPEN:
-                        states[writer] = self._open_file(writer)
-                    elif op == _FRAME:
-                        self._write_frame(states[writer], payload)
-                    elif op == _CLOSE:
-                        self._close_file(states.pop(writer))
-                except Exception as exc:  # noqa: BLE001 - any disk or muxer error stops recording, never the call
-                    self._fail(f"{type(exc).__name__}: {exc}", exc)
-        finally:
-            self._thread_done.set_result(None)
+            self._disk.submit(self._handle, op, writer, payload)
+        except RuntimeError as exc:  # the shared disk writer was closed under us (shutdown)
+            self._fail(str(exc))
+            if op == _STOP and not self._stopped.done():
+                self._stopped.set_result(None)
+
+    def _close_writer(self, writer: TrackWriter) -> None:
+        self._submit(_CLOSE, writer, None)
+
+    # -- muxing thread -----------------------------------------------------------------------
+
+    def _handle(self, op: str, writer: Any, payload: Any) -> None:
+        """Carry out one queued operation (on the disk writer's muxing thread)."""
+        states = self._states
+        if op == _FRAME:
+            with self._backlog_lock:
+                self._queued_frames -= 1
+                self._queued_bytes -= len(payload.data)
+        if self._failed and states:
+            for state in states.values():
+                if state.file is not None:
+                    state.file.abort()
+            states.clear()
+        if op == _STOP:
+            self._stopped.set_result(None)
+            return
+        if self._failed:
+            return
+        try:
+            if op == _OPEN:
+                states[writer] = self._open_file(writer)
+            elif op == _FRAME:
+                self._write_frame(states[writer], payload)
+            elif op == _CLOSE:
+                self._close_file(states.pop(writer))
+        except Exception as exc:  # noqa: BLE001 - any disk or muxer error stops recording, never the call
+            self._fail(f"{type(exc).__name__}: {exc}", exc)
 
     def _open_file(self, writer: TrackWriter) -> _TrackState:
         if self._lock_fd is None:
@@ -315,11 +322,10 @@ class SessionRecorder:
             return
         state.file.close()
         counts["frames"] = state.file.frames
-        if self._finalizer is None:
-            self._finalizer = concurrent.futures.ThreadPoolExecutor(
-                max_workers=1, thread_name_prefix=f"recorder-final-{self.session_id}"
-            )
-        self._finalizing.append(self._finalizer.submit(self._finalize, state.part, counts))
+        try:
+            self._finalizing.append(self._disk.finalize(self._finalize, state.part, counts))
+        except RuntimeError as exc:  # shutting down: the .part is finalized on the next start
+            self._fail(str(exc))
 
     # -- finalizer thread ------------------------------------------------------------------
 
@@ -440,7 +446,7 @@ class TrackWriter:
         if self._closed:
             return
         self._closed = True
-        self._recorder._queue.put((_CLOSE, self, None))
+        self._recorder._close_writer(self)
 
 
 class _TrackState:

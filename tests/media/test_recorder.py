@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -15,6 +16,7 @@ from pathlib import Path
 import av
 import pytest
 
+from recordings.diskwriter import DiskWriter
 from recordings.finalize import finalize_leftovers
 from recordings.writer import SessionRecorder
 from tests.media.conftest_recording import (
@@ -316,3 +318,34 @@ async def test_leftovers_of_a_session_still_recording_are_not_touched(tmp_path: 
 
     manifest = await recorder.close()
     assert manifest["files"][0]["status"] == "finished"
+
+
+async def test_recorders_share_one_disk_writer(tmp_path: Path) -> None:
+    disk = DiskWriter(name="recorder-test")
+    events = RecordedEvents()
+    camera, mic = vp8_track(640, 480, 30, 2.0), opus_track(2.0)
+    recorders = [SessionRecorder(f"call-{i}", tmp_path, events, disk_writer=disk) for i in (10, 11)]
+    for recorder in recorders:
+        feed(recorder.open_track(track_info(recorder.session_id, "outlet", "camera", camera)), camera, T0)
+        feed(recorder.open_track(track_info(recorder.session_id, "agent", "microphone", mic)), mic, T0)
+
+    manifests = [await recorder.close() for recorder in recorders]
+
+    threads = {t.name for t in threading.enumerate()}
+    assert "recorder-test" in threads  # still serving: a recorder's close doesn't stop it
+    for manifest in manifests:
+        assert [e["status"] for e in manifest["files"]] == ["finished", "finished"]
+        for entry in manifest["files"]:
+            path = tmp_path / manifest["session_id"] / entry["file"]
+            assert probe(path)["decoded"] == entry["frames"] > 0
+    assert len(events.finished) == 4
+
+    # Shut down under a live recorder: its frames are refused quietly, the session fails once.
+    late = SessionRecorder("call-12", tmp_path, events, disk_writer=disk)
+    await asyncio.get_running_loop().run_in_executor(None, disk.close)
+    assert "recorder-test" not in {t.name for t in threading.enumerate()}
+    writer = late.open_track(track_info("call-12", "outlet", "camera", camera))
+    feed(writer, camera, T0)
+    manifest = await late.close()
+    assert manifest["state"] == "failed"
+    assert [s for s, _ in events.failures] == ["call-12"]
