@@ -255,7 +255,7 @@ class ManifestStore:
                     return copy.deepcopy(entry)
         raise KeyError(f"no manifest entry for {part!r}")
 
-    def mark_failed(self, reason: str, now: float) -> None:
+    def mark_failed(self, reason: str, now: float, *, save: bool = True) -> None:
         """Record a disk failure: session state ``failed``, open files ``failed``; try to write.
 
         Never raises: the disk is the thing that failed, so the write is best effort.
@@ -265,6 +265,8 @@ class ManifestStore:
             for entry in self._data["files"]:
                 if entry["status"] == RECORDING:
                     entry["status"] = FAILED
+            if not save:
+                return
             try:
                 write_manifest(self.session_dir, self._data)
             except OSError as exc:

@@ -231,7 +231,7 @@ class SessionRecorder:
         try:
             self._disk.submit(self._handle, op, writer, payload)
         except RuntimeError as exc:  # the shared disk writer was closed under us (shutdown)
-            self._fail(str(exc))
+            self._fail(str(exc), on_loop=True)
             if op == _STOP and not self._stopped.done():
                 self._stopped.set_result(None)
 
@@ -375,14 +375,16 @@ class SessionRecorder:
 
     # -- any thread -------------------------------------------------------------------------
 
-    def _fail(self, reason: str, exc: BaseException | None = None) -> None:
+    def _fail(self, reason: str, exc: BaseException | None = None, *, on_loop: bool = False) -> None:
         with self._fail_lock:
             if self._failed:
                 return
             self._failed = True
         log.error("session %s: recording failed, the call goes on without it: %s",
                   self.session_id, reason, exc_info=exc if not isinstance(exc, OSError) else None)
-        self._manifest.mark_failed(reason, self._clock())
+        # On the event loop the manifest is only updated in memory (no disk I/O there);
+        # close() returns it and the next start's recovery rewrites it.
+        self._manifest.mark_failed(reason, self._clock(), save=not on_loop)
         self._emit(self._events.recording_failed, self.session_id, reason)
 
     def _emit(self, handler: Callable[..., None], *args: Any) -> None:

@@ -18,6 +18,7 @@ import pytest
 
 from recordings.diskwriter import DiskWriter
 from recordings.finalize import finalize_leftovers
+from recordings.trackfile import TrackFile
 from recordings.writer import SessionRecorder
 from tests.media.conftest_recording import (
     RecordedEvents,
@@ -349,3 +350,26 @@ async def test_recorders_share_one_disk_writer(tmp_path: Path) -> None:
     manifest = await late.close()
     assert manifest["state"] == "failed"
     assert [s for s, _ in events.failures] == ["call-12"]
+
+
+def test_recovery_rebuilds_an_unreadable_manifest_from_the_file_names(tmp_path: Path) -> None:
+    session_dir = tmp_path / "call-13"
+    session_dir.mkdir()
+    mic = opus_track(2.0)
+    # What a process killed mid-call leaves: a flushed live Matroska part that was never closed.
+    part = TrackFile(session_dir / "agent-microphone-e2.mkv.part", "opus", 48000)
+    for data, ts, key in mic.frames:
+        part.write(data, ts, key)
+    (session_dir / "manifest.json").write_text('{"version": 1, "files": [')  # torn by another writer
+    events = RecordedEvents()
+
+    [recovered] = finalize_leftovers(tmp_path, events)
+    part.abort()
+
+    assert (recovered["file"], recovered["track"], recovered["epoch"]) == ("agent-microphone-e2.webm", "agent-microphone", 2)
+    assert (recovered["kind"], recovered["codec"], recovered["start"]) == ("audio", "opus", None)
+    assert recovered["duration"] >= 2.0 - 0.05
+    assert (session_dir / "manifest.json.corrupt").exists()
+    manifest = json.loads((session_dir / "manifest.json").read_text())
+    assert manifest["files"][0]["sha256"] == sha256(session_dir / "agent-microphone-e2.webm")
+    assert probe(session_dir / "agent-microphone-e2.webm")["decoded"] == recovered["frames"]
