@@ -1,6 +1,7 @@
 """Recorder costs: memory per open track, CPU per frame on the loop and the writer, finalize speed.
 
-Not part of pass/fail. Run: ``.venv/bin/python benchmarks/recorder_write.py [--calls N] [--seconds S]``.
+Not part of pass/fail. Run:
+``.venv/bin/python benchmarks/recorder_write.py [--calls N] [--seconds S]``.
 
 It records N simulated calls (outlet camera 640x480@30 + screen 1280x720@10 + Opus, agent
 camera 640x480@30 + Opus: 170 frames/s per call) fed at real-time pace from one event
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import fractions
 import gc
 import os
 import resource
@@ -111,8 +111,13 @@ async def record_calls(
     camera = vp8_track(640, 480, 30, seconds)
     screen = vp8_track(1280, 720, 10, seconds)
     mic = opus_track(seconds)
-    layout = [("outlet", "camera", camera), ("outlet", "screen", screen), ("outlet", "microphone", mic),
-              ("agent", "camera", camera), ("agent", "microphone", mic)]
+    layout = [
+        ("outlet", "camera", camera),
+        ("outlet", "screen", screen),
+        ("outlet", "microphone", mic),
+        ("agent", "camera", camera),
+        ("agent", "microphone", mic),
+    ]
     events = RecordedEvents()
     t0 = time.time()
     recorders, schedule = [], []
@@ -121,7 +126,9 @@ async def record_calls(
         recorder = SessionRecorder(f"bench-{c}", tmp, events, disk_writer=disk)
         recorders.append(recorder)
         for participant, source, encoded in layout:
-            writer = recorder.open_track(track_info(recorder.session_id, participant, source, encoded, started_at=t0))
+            writer = recorder.open_track(
+                track_info(recorder.session_id, participant, source, encoded, started_at=t0)
+            )
             if baseline:
                 writer = _NullWriter()
             for data, ts, key in encoded.frames:
@@ -166,31 +173,51 @@ async def record_calls(
     p99 = lags[int(len(lags) * 0.99)] * 1000 if lags else 0.0
     media_minutes = calls * len(layout) * seconds / 60
     print(f"{'one shared disk writer' if shared else 'a disk writer per recorder'}:")
-    print(f"{calls} calls x {seconds:.0f} s ({frames} frames, {frames / seconds:.0f} frames/s): dropped {dropped}")
-    print(f"  TrackWriter.write on the event loop: {write_time / frames * 1e6:.1f} us CPU per frame")
+    print(
+        f"{calls} calls x {seconds:.0f} s ({frames} frames, {frames / seconds:.0f} frames/s): "
+        f"dropped {dropped}"
+    )
+    print(
+        f"  TrackWriter.write on the event loop: {write_time / frames * 1e6:.1f} us CPU per frame"
+    )
     base = await record_calls(tmp / "baseline", calls, seconds, baseline=True, shared=shared)
     extra = cpu_record - base
-    print(f"  whole process while recording: {cpu_record / frames * 1e6:.1f} us CPU per frame; "
-          f"the same schedule without recording: {base / frames * 1e6:.1f} us")
-    print(f"  of which the event-loop thread {loop_cpu / frames * 1e6:.1f} us, writer threads "
-          f"{writer_cpu / frames * 1e6:.1f} us per frame; {switches / seconds:.0f} voluntary context switches/s")
-    print(f"  recording's own cost: {extra / frames * 1e6:.1f} us CPU per frame, "
-          f"{extra / seconds / calls * 100:.2f} % of a core per call")
-    print(f"  RSS while recording: +{(rss_during - rss_before) / calls:.2f} MB per call (after the schedule was built)")
+    print(
+        f"  whole process while recording: {cpu_record / frames * 1e6:.1f} us CPU per frame; "
+        f"the same schedule without recording: {base / frames * 1e6:.1f} us"
+    )
+    print(
+        f"  of which the event-loop thread {loop_cpu / frames * 1e6:.1f} us, writer threads "
+        f"{writer_cpu / frames * 1e6:.1f} us per frame; "
+        f"{switches / seconds:.0f} voluntary context switches/s"
+    )
+    print(
+        f"  recording's own cost: {extra / frames * 1e6:.1f} us CPU per frame, "
+        f"{extra / seconds / calls * 100:.2f} % of a core per call"
+    )
+    print(
+        f"  RSS while recording: +{(rss_during - rss_before) / calls:.2f} MB per call "
+        "(after the schedule was built)"
+    )
     print(f"  event-loop lag p99: {p99:.2f} ms")
-    print(f"  close (remux to WebM + SHA-256): {close_wall:.2f} s wall, {close_cpu / media_minutes:.3f} s CPU "
-          f"per minute of track media; {len(events.finished)} files reported, {len(events.failures)} failures")
+    print(
+        f"  close (remux to WebM + SHA-256): {close_wall:.2f} s wall, "
+        f"{close_cpu / media_minutes:.3f} s CPU per minute of track media; "
+        f"{len(events.finished)} files reported, {len(events.failures)} failures"
+    )
     return cpu_record
 
 
 async def burst_cost(tmp: Path, calls: int) -> None:
-    """Frames fed as fast as the loop can: loop-side cost per write and whole-process cost per frame."""
+    """Frames fed as fast as the loop can: cost per write on the loop, and for the whole process."""
     camera = vp8_track(640, 480, 30, 10.0)
     mic = opus_track(10.0)
     events = RecordedEvents()
     recorders, frames = [], []
     for c in range(calls):
-        recorder = SessionRecorder(f"burst-{c}", tmp, events, max_queued_frames=100_000, max_queued_bytes=1 << 31)
+        recorder = SessionRecorder(
+            f"burst-{c}", tmp, events, max_queued_frames=100_000, max_queued_bytes=1 << 31
+        )
         recorders.append(recorder)
         video = recorder.open_track(track_info(recorder.session_id, "outlet", "camera", camera))
         audio = recorder.open_track(track_info(recorder.session_id, "outlet", "microphone", mic))
@@ -201,7 +228,7 @@ async def burst_cost(tmp: Path, calls: int) -> None:
     loop_time = 0.0
     for i in range(0, len(frames), 200):
         t = time.perf_counter()
-        for writer, frame in frames[i: i + 200]:
+        for writer, frame in frames[i : i + 200]:
             writer.write(frame)
         loop_time += time.perf_counter() - t
         await asyncio.sleep(0)
@@ -209,9 +236,12 @@ async def burst_cost(tmp: Path, calls: int) -> None:
         await asyncio.sleep(0.005)
     total = cpu() - cpu0
     await asyncio.gather(*(r.close() for r in recorders))
-    print(f"burst of {len(frames)} frames: TrackWriter.write {loop_time / len(frames) * 1e6:.1f} us wall per frame "
-          f"on the loop; {total / len(frames) * 1e6:.1f} us CPU per frame for the whole process "
-          f"(write + queue + mux + flush)")
+    print(
+        f"burst of {len(frames)} frames: TrackWriter.write "
+        f"{loop_time / len(frames) * 1e6:.1f} us wall per frame "
+        f"on the loop; {total / len(frames) * 1e6:.1f} us CPU per frame for the whole process "
+        f"(write + queue + mux + flush)"
+    )
 
 
 def main() -> None:

@@ -30,7 +30,9 @@ def encode_jpeg(codec: str, frames: list[bytes], *, quality: int = 90) -> bytes:
     empty, the first frame is not a keyframe, ``quality`` is out of range, or no frame decodes.
     """
     if codec.lower() != "vp8":
-        raise InvalidInput(f"cannot take a snapshot of a {codec!r} track: only VP8 video is supported")
+        raise InvalidInput(
+            f"cannot take a snapshot of a {codec!r} track: only VP8 video is supported"
+        )
     if not frames:
         raise InvalidInput("cannot take a snapshot: no frame was received since the last keyframe")
     if not _is_vp8_keyframe(frames[0]):
@@ -46,8 +48,12 @@ def encode_jpeg(codec: str, frames: list[bytes], *, quality: int = 90) -> bytes:
         try:
             decoded = decoder.decode(av.Packet(data))
         except av.FFmpegError as exc:
-            log.warning("snapshot: frame %d of %d does not decode (%s); using the one before it",
-                        index, len(frames), exc)
+            log.warning(
+                "snapshot: frame %d of %d does not decode (%s); using the one before it",
+                index,
+                len(frames),
+                exc,
+            )
             break
         if decoded:
             picture = decoded[-1]

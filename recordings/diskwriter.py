@@ -31,7 +31,9 @@ Handler = Callable[[str, Any, Any], None]
 class DiskWriter:
     """Runs recorders' disk work off the event loop, in arrival order, in batches."""
 
-    def __init__(self, *, batch_interval: float = DEFAULT_BATCH_INTERVAL, name: str = "recorder") -> None:
+    def __init__(
+        self, *, batch_interval: float = DEFAULT_BATCH_INTERVAL, name: str = "recorder"
+    ) -> None:
         self._batch_interval = batch_interval
         self._name = name
         self._queue: queue.SimpleQueue[tuple[Handler, str, Any, Any] | None] = queue.SimpleQueue()
@@ -54,7 +56,10 @@ class DiskWriter:
             self._queue.put((handler, op, target, payload))
 
     def finalize(self, fn: Callable[..., None], *args: Any) -> concurrent.futures.Future[None]:
-        """Run ``fn(*args)`` on the finalizing thread. Raises ``RuntimeError`` after :meth:`close`."""
+        """Run ``fn(*args)`` on the finalizing thread.
+
+        Raises ``RuntimeError`` after :meth:`close`.
+        """
         with self._lock:
             if self._closed:
                 raise RuntimeError(f"disk writer {self._name} is closed")

@@ -129,7 +129,9 @@ def _readable_packets(source: Any, stream: Any):
                 yield held
             held = packet
     except (av.error.InvalidDataError, av.error.EOFError, av.error.UndefinedError) as exc:
-        log.info("%s: stopped reading at damaged data (%s): expected after a crash", source.name, exc)
+        log.info(
+            "%s: stopped reading at damaged data (%s): expected after a crash", source.name, exc
+        )
     if held is not None:
         if not held.duration:
             held.duration = interval
@@ -229,8 +231,11 @@ def _recover_locked(
         manifest = mf.read_manifest(session_dir)
     except ValueError:
         corrupt = session_dir / (mf.MANIFEST_NAME + ".corrupt")
-        log.error("session %s: unreadable manifest kept as %s; rebuilding it from the files",
-                  session_id, corrupt.name)
+        log.error(
+            "session %s: unreadable manifest kept as %s; rebuilding it from the files",
+            session_id,
+            corrupt.name,
+        )
         os.replace(session_dir / mf.MANIFEST_NAME, corrupt)
         manifest = None
     if manifest is None:
@@ -255,16 +260,26 @@ def _recover_locked(
         mf.write_manifest(session_dir, manifest)
         part.unlink()
         public = public_entry(entry)
-        log.info("session %s: recovered %s (%.1f s, %d frames)",
-                 session_id, entry["file"], result.duration, result.frames)
+        log.info(
+            "session %s: recovered %s (%.1f s, %d frames)",
+            session_id,
+            entry["file"],
+            result.duration,
+            result.frames,
+        )
         try:
             events.file_finished(session_id, dict(public))
         except Exception:  # noqa: BLE001 - the file is safe; the handler's bug is logged
-            log.exception("session %s: file_finished handler failed for %s", session_id, entry["file"])
+            log.exception(
+                "session %s: file_finished handler failed for %s", session_id, entry["file"]
+            )
         reported.append({"session_id": session_id, **public})
     for entry in manifest["files"]:
         # Opened but the process died (or the disk failed) before its first frame reached disk.
-        if entry["status"] in (mf.RECORDING, mf.FAILED) and not (session_dir / entry["part"]).exists():
+        if (
+            entry["status"] in (mf.RECORDING, mf.FAILED)
+            and not (session_dir / entry["part"]).exists()
+        ):
             entry["status"] = mf.EMPTY
     if manifest.get("state") == "recording":
         manifest["state"] = "recovered"

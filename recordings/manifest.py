@@ -31,7 +31,9 @@ FINAL_SUFFIX = ".webm"
 # Session ids, participants and sources become path components: keep them boring.
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 _LABEL = re.compile(r"^[A-Za-z0-9_]{1,32}$")
-_FILE_STEM = re.compile(r"^(?P<participant>[A-Za-z0-9_]+)-(?P<source>[A-Za-z0-9_]+)-e(?P<epoch>\d+)(?:-(?P<n>\d+))?$")
+_FILE_STEM = re.compile(
+    r"^(?P<participant>[A-Za-z0-9_]+)-(?P<source>[A-Za-z0-9_]+)-e(?P<epoch>\d+)(?:-(?P<n>\d+))?$"
+)
 
 # File statuses.
 RECORDING = "recording"  # the .mkv.part is being written
@@ -137,7 +139,7 @@ def derive_tracks(files: list[dict[str, Any]]) -> dict[str, Any]:
         entries = sorted(entries, key=lambda e: (e["epoch"], e["file"]))
         present = [e for e in entries if e["status"] != EMPTY]
         gaps = []
-        for before, after in zip(present, present[1:]):
+        for before, after in zip(present, present[1:], strict=False):
             if before.get("end") is None or after.get("start") is None:
                 continue
             gaps.append(
@@ -191,7 +193,7 @@ def write_manifest(session_dir: Path, manifest: dict[str, Any]) -> None:
     try:
         view = memoryview(data)
         while view:
-            view = view[os.write(fd, view):]
+            view = view[os.write(fd, view) :]
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -235,7 +237,10 @@ class ManifestStore:
                 write_manifest(self.session_dir, self._data)
 
     def update_entry(self, part: str, fields: dict[str, Any], now: float) -> dict[str, Any]:
-        """Update the entry whose ``part`` name matches, write, return a copy. Raises ``OSError``."""
+        """Update the entry whose ``part`` name matches, write, return a copy.
+
+        Raises ``OSError`` from the disk, ``KeyError`` for an unknown part.
+        """
         with self._lock:
             for entry in self._data["files"]:
                 if entry["part"] == part:
@@ -270,11 +275,14 @@ class ManifestStore:
             try:
                 write_manifest(self.session_dir, self._data)
             except OSError as exc:
-                log.warning("session %s: could not write the manifest after the failure: %s",
-                            self._data["session_id"], exc)
+                log.warning(
+                    "session %s: could not write the manifest after the failure: %s",
+                    self._data["session_id"],
+                    exc,
+                )
 
     def update_session(self, fields: dict[str, Any], now: float) -> dict[str, Any]:
-        """Update top-level fields (state, failure, closed_at), write, return a copy. Raises ``OSError``."""
+        """Update top-level fields (state, closed_at), write, return a copy. Raises ``OSError``."""
         with self._lock:
             self._data.update(fields)
             self._data["updated_at"] = now

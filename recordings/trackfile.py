@@ -46,7 +46,9 @@ class TrackFile:
     failed recording.
     """
 
-    def __init__(self, path: Path, codec: str, clock_rate: int, width: int = 0, height: int = 0) -> None:
+    def __init__(
+        self, path: Path, codec: str, clock_rate: int, width: int = 0, height: int = 0
+    ) -> None:
         codec = codec.lower()
         if codec not in SUPPORTED_CODECS:
             raise ValueError(f"codec {codec!r} cannot be recorded (VP8 and Opus only)")
@@ -60,7 +62,9 @@ class TrackFile:
         self.first_timestamp: int | None = None
         self._time_base = Fraction(1, clock_rate)
         self._last_pts = 0
-        self._container = av.open(str(path), "w", format="matroska", options=dict(MATROSKA_LIVE_OPTIONS))
+        self._container = av.open(
+            str(path), "w", format="matroska", options=dict(MATROSKA_LIVE_OPTIONS)
+        )
         try:
             if self.kind == "video":
                 self._stream = self._container.add_mux_stream("vp8", width=width, height=height)
@@ -118,7 +122,7 @@ def vp8_keyframe_size(data: bytes) -> tuple[int, int] | None:
 
 
 def vp8_is_keyframe(data: bytes) -> bool:
-    """True if ``data`` is a VP8 keyframe (the frame type bit is 0 and the start code is present)."""
+    """True if ``data`` is a VP8 keyframe (frame type bit 0 and the start code present)."""
     return vp8_keyframe_size(data) is not None
 
 
@@ -148,7 +152,7 @@ def opus_packet_samples(data: bytes) -> int:
 
 @functools.lru_cache(maxsize=1)
 def opus_template_ogg() -> bytes:
-    """A minimal Ogg Opus stream (OpusHead, OpusTags, one silent packet) to template streams from."""
+    """A minimal Ogg Opus stream (OpusHead, OpusTags, one silent packet) to template from."""
     head = b"OpusHead" + struct.pack("<BBHIhB", 1, OPUS_CHANNELS, 0, OPUS_CLOCK_RATE, 0, 0)
     vendor = b"cloudhall"
     tags = b"OpusTags" + struct.pack("<I", len(vendor)) + vendor + struct.pack("<I", 0)

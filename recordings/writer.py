@@ -164,7 +164,10 @@ class SessionRecorder:
             raise Conflict(f"the recorder of session {self.session_id} is closed")
         codec = track.codec.lower()
         if codec not in SUPPORTED_CODECS:
-            raise InvalidInput(f"codec {track.codec!r} of track {track.name} cannot be recorded (VP8 and Opus only)")
+            raise InvalidInput(
+                f"codec {track.codec!r} of track {track.name} cannot be recorded "
+                "(VP8 and Opus only)"
+            )
         if not (mf.is_safe_label(track.participant) and mf.is_safe_label(track.source)):
             raise InvalidInput(f"track name {track.name!r} cannot name a recording file")
         if self._loop is None:
@@ -178,14 +181,25 @@ class SessionRecorder:
             duplicate += 1
             stem = mf.file_stem(track.name, track.epoch, duplicate)
         if duplicate:
-            log.warning("session %s: %s epoch %d opened again; recording it as %s",
-                        self.session_id, track.name, track.epoch, stem)
+            log.warning(
+                "session %s: %s epoch %d opened again; recording it as %s",
+                self.session_id,
+                track.name,
+                track.epoch,
+                stem,
+            )
         self._stems.add(stem)
         writer = TrackWriter(self, track, stem)
         self._writers.append(writer)
         self._started = True
         self._submit(_OPEN, writer, None)
-        log.info("session %s: recording %s epoch %d (%s)", self.session_id, track.name, track.epoch, codec)
+        log.info(
+            "session %s: recording %s epoch %d (%s)",
+            self.session_id,
+            track.name,
+            track.epoch,
+            codec,
+        )
         return writer
 
     async def close(self) -> dict[str, Any]:
@@ -210,8 +224,12 @@ class SessionRecorder:
         manifest = await loop.run_in_executor(None, self._write_final_manifest)
         if self._own_disk:
             await loop.run_in_executor(None, self._disk.close)
-        log.info("session %s: recording closed (%s, %d files)",
-                 self.session_id, manifest["state"], len(manifest["files"]))
+        log.info(
+            "session %s: recording closed (%s, %d files)",
+            self.session_id,
+            manifest["state"],
+            len(manifest["files"]),
+        )
         return manifest
 
     # -- event loop side ---------------------------------------------------------------
@@ -220,7 +238,10 @@ class SessionRecorder:
         """Queue a frame for the writer thread unless the backlog is full."""
         size = len(frame.data)
         with self._backlog_lock:
-            if self._queued_frames >= self._max_frames or self._queued_bytes + size > self._max_bytes:
+            if (
+                self._queued_frames >= self._max_frames
+                or self._queued_bytes + size > self._max_bytes
+            ):
                 return False
             self._queued_frames += 1
             self._queued_bytes += size
@@ -345,22 +366,34 @@ class SessionRecorder:
             self._fail(f"finalizing {entry['file']}: {type(exc).__name__}: {exc}", exc)
             return
         try:
-            fields = {**finalized_fields(result, entry, mf.FINISHED), **counts, "frames": result.frames}
+            fields = {
+                **finalized_fields(result, entry, mf.FINISHED),
+                **counts,
+                "frames": result.frames,
+            }
             finished = self._manifest.update_entry(part, fields, self._clock())
             part_path.unlink()
         except Exception as exc:  # noqa: BLE001
             self._fail(f"finalizing {entry['file']}: {type(exc).__name__}: {exc}", exc)
             return
-        log.info("session %s: finished %s (%.1f s, %d frames, %d bytes, %d dropped)",
-                 self.session_id, finished["file"], result.duration, result.frames,
-                 result.bytes, counts["dropped_frames"])
+        log.info(
+            "session %s: finished %s (%.1f s, %d frames, %d bytes, %d dropped)",
+            self.session_id,
+            finished["file"],
+            result.duration,
+            result.frames,
+            result.bytes,
+            counts["dropped_frames"],
+        )
         self._emit(self._events.file_finished, self.session_id, public_entry(finished))
 
     def _write_final_manifest(self) -> dict[str, Any]:
         try:
             if not self._failed:
                 self.session_dir.mkdir(parents=True, exist_ok=True)
-                self._manifest.update_session({"state": "closed", "closed_at": self._clock()}, self._clock())
+                self._manifest.update_session(
+                    {"state": "closed", "closed_at": self._clock()}, self._clock()
+                )
         except OSError as exc:
             self._fail(f"writing the final manifest: {exc}", exc)
         finally:
@@ -375,13 +408,19 @@ class SessionRecorder:
 
     # -- any thread -------------------------------------------------------------------------
 
-    def _fail(self, reason: str, exc: BaseException | None = None, *, on_loop: bool = False) -> None:
+    def _fail(
+        self, reason: str, exc: BaseException | None = None, *, on_loop: bool = False
+    ) -> None:
         with self._fail_lock:
             if self._failed:
                 return
             self._failed = True
-        log.error("session %s: recording failed, the call goes on without it: %s",
-                  self.session_id, reason, exc_info=exc if not isinstance(exc, OSError) else None)
+        log.error(
+            "session %s: recording failed, the call goes on without it: %s",
+            self.session_id,
+            reason,
+            exc_info=exc if not isinstance(exc, OSError) else None,
+        )
         # On the event loop the manifest is only updated in memory (no disk I/O there);
         # close() returns it and the next start's recovery rewrites it.
         self._manifest.mark_failed(reason, self._clock(), save=not on_loop)
@@ -401,12 +440,15 @@ class SessionRecorder:
         try:
             handler(*args)
         except Exception:  # noqa: BLE001 - the recording is safe; the handler's bug is logged
-            log.exception("session %s: recording event handler %s failed",
-                          self.session_id, getattr(handler, "__name__", handler))
+            log.exception(
+                "session %s: recording event handler %s failed",
+                self.session_id,
+                getattr(handler, "__name__", handler),
+            )
 
 
 class TrackWriter:
-    """The writer of one track epoch (media's ``TrackWriter``); made by :meth:`SessionRecorder.open_track`."""
+    """The writer of one track epoch (media's ``TrackWriter``), from ``open_track``."""
 
     def __init__(self, recorder: SessionRecorder, track: _Track, stem: str) -> None:
         self.track = track
@@ -433,15 +475,23 @@ class TrackWriter:
             self._awaiting_keyframe = False
             if self._overflowing:
                 self._overflowing = False
-                log.warning("session %s: %s recording resumed after %d dropped frames",
-                            self._recorder.session_id, self.stem, self.dropped_frames)
+                log.warning(
+                    "session %s: %s recording resumed after %d dropped frames",
+                    self._recorder.session_id,
+                    self.stem,
+                    self.dropped_frames,
+                )
             return
         self.dropped_frames += 1
         self._awaiting_keyframe = self._video
         if not self._overflowing:
             self._overflowing = True
-            log.warning("session %s: recorder queue full, dropping %s frames%s",
-                        self._recorder.session_id, self.stem, " until the next keyframe" if self._video else "")
+            log.warning(
+                "session %s: recorder queue full, dropping %s frames%s",
+                self._recorder.session_id,
+                self.stem,
+                " until the next keyframe" if self._video else "",
+            )
 
     def close(self) -> None:
         """No more frames: the file is closed and finalized in the background."""

@@ -37,7 +37,9 @@ class EncodedTrack:
 
 
 @functools.lru_cache(maxsize=8)
-def vp8_track(width: int, height: int, fps: int, seconds: float, gop_seconds: float = 1.0) -> EncodedTrack:
+def vp8_track(
+    width: int, height: int, fps: int, seconds: float, gop_seconds: float = 1.0
+) -> EncodedTrack:
     """VP8 frames of a moving gradient with a sliding white box (keyframe every ``gop_seconds``)."""
     codec = av.CodecContext.create("libvpx", "w")
     codec.width, codec.height = width, height
@@ -46,7 +48,12 @@ def vp8_track(width: int, height: int, fps: int, seconds: float, gop_seconds: fl
     codec.framerate = fps
     codec.bit_rate = 800_000
     codec.gop_size = max(1, int(fps * gop_seconds))
-    codec.options = {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0", "keyint_min": str(codec.gop_size)}
+    codec.options = {
+        "deadline": "realtime",
+        "cpu-used": "8",
+        "lag-in-frames": "0",
+        "keyint_min": str(codec.gop_size),
+    }
     count = int(round(fps * seconds))
     interval = 90000 // fps
     out: list[tuple[bytes, int, bool]] = []
@@ -58,7 +65,7 @@ def vp8_track(width: int, height: int, fps: int, seconds: float, gop_seconds: fl
         img[:, :, 1] = (ys + i * 4) % 256
         img[:, :, 2] = 64
         box = (i * 12) % max(1, width - 64)
-        img[height // 3: height // 3 + 64, box: box + 64] = 255
+        img[height // 3 : height // 3 + 64, box : box + 64] = 255
         frame = av.VideoFrame.from_ndarray(img, format="rgb24").reformat(format="yuv420p")
         frame.pts = i
         frame.time_base = codec.time_base
@@ -83,7 +90,9 @@ def opus_track(seconds: float) -> EncodedTrack:
     for i in range(count + 1):
         t = np.arange(960) + i * 960
         tone = (np.sin(2 * np.pi * 440 * t / 48000) * 8000).astype(np.int16)
-        frame = av.AudioFrame.from_ndarray(np.repeat(tone, 2)[None, :], format="s16", layout="stereo")
+        frame = av.AudioFrame.from_ndarray(
+            np.repeat(tone, 2)[None, :], format="s16", layout="stereo"
+        )
         frame.sample_rate = 48000
         frame.pts = i * 960
         frame.time_base = codec.time_base
@@ -117,10 +126,17 @@ def track_info(
     )
 
 
-def encoded_frames(encoded: EncodedTrack, started_at: float, *, offset: int = 0) -> list[EncodedFrame]:
+def encoded_frames(
+    encoded: EncodedTrack, started_at: float, *, offset: int = 0
+) -> list[EncodedFrame]:
     """The track's frames as media would hand them over (``offset`` shifts the timestamps)."""
     return [
-        EncodedFrame(data=data, timestamp=ts + offset, keyframe=key, arrival=started_at + ts / encoded.clock_rate)
+        EncodedFrame(
+            data=data,
+            timestamp=ts + offset,
+            keyframe=key,
+            arrival=started_at + ts / encoded.clock_rate,
+        )
         for data, ts, key in encoded.frames
     ]
 
@@ -145,7 +161,9 @@ class RecordedEvents:
             self.threads.append(threading.current_thread().name)
 
 
-def wait_until(condition: Callable[[], Any], *, timeout: float = 10.0, what: str = "condition") -> Any:
+def wait_until(
+    condition: Callable[[], Any], *, timeout: float = 10.0, what: str = "condition"
+) -> Any:
     """Poll ``condition`` until it is truthy; fail with the last value seen."""
     deadline = time.monotonic() + timeout
     last: Any = None
@@ -177,8 +195,16 @@ def _child_crash(root: str, session: str) -> None:
         camera, mic = vp8_track(640, 480, 30, 4.0), opus_track(4.0)
         t0 = 1_700_000_000.0
         writers = [
-            (recorder.open_track(track_info(session, "outlet", "camera", camera, started_at=t0)), camera),
-            (recorder.open_track(track_info(session, "outlet", "microphone", mic, started_at=t0)), mic),
+            (
+                recorder.open_track(track_info(session, "outlet", "camera", camera, started_at=t0)),
+                camera,
+            ),
+            (
+                recorder.open_track(
+                    track_info(session, "outlet", "microphone", mic, started_at=t0)
+                ),
+                mic,
+            ),
         ]
         # The agent's camera opened but no frame came before the crash.
         recorder.open_track(track_info(session, "agent", "camera", camera, started_at=t0))
@@ -229,13 +255,18 @@ def _child_file_limit(root: str, session: str, limit: str) -> None:
             manifest = await recorder.close()
         except Exception as exc:  # noqa: BLE001 - reported to the test
             raised, manifest = repr(exc), {}
-        print(json.dumps({
-            "raised": raised,
-            "failures": events.failures,
-            "finished": len(events.finished),
-            "state": manifest.get("state"),
-            "failure": manifest.get("failure"),
-        }), flush=True)
+        print(
+            json.dumps(
+                {
+                    "raised": raised,
+                    "failures": events.failures,
+                    "finished": len(events.finished),
+                    "state": manifest.get("state"),
+                    "failure": manifest.get("failure"),
+                }
+            ),
+            flush=True,
+        )
 
     asyncio.run(main())
 

@@ -65,7 +65,11 @@ def feed(writer, encoded, started_at: float) -> None:
 async def test_records_each_track_into_a_playable_hashed_webm(tmp_path: Path) -> None:
     events = RecordedEvents()
     recorder = SessionRecorder("call-1", tmp_path, events)
-    camera, screen, mic = vp8_track(640, 480, 30, 4.0), vp8_track(1280, 720, 10, 4.0), opus_track(4.0)
+    camera, screen, mic = (
+        vp8_track(640, 480, 30, 4.0),
+        vp8_track(1280, 720, 10, 4.0),
+        opus_track(4.0),
+    )
     tracks = {
         "outlet-camera": camera,
         "outlet-screen": screen,
@@ -73,7 +77,9 @@ async def test_records_each_track_into_a_playable_hashed_webm(tmp_path: Path) ->
     }
     for name, encoded in tracks.items():
         participant, source = name.split("-")
-        writer = recorder.open_track(track_info("call-1", participant, source, encoded, started_at=T0))
+        writer = recorder.open_track(
+            track_info("call-1", participant, source, encoded, started_at=T0)
+        )
         feed(writer, encoded, T0)  # faster than real time: nothing may be dropped
 
     manifest = await recorder.close()
@@ -82,7 +88,10 @@ async def test_records_each_track_into_a_playable_hashed_webm(tmp_path: Path) ->
     assert json.loads((session_dir / "manifest.json").read_text()) == manifest
     assert manifest["state"] == "closed"
     assert sorted(p.name for p in session_dir.iterdir() if not p.name.startswith(".")) == [
-        "manifest.json", "outlet-camera-e0.webm", "outlet-microphone-e0.webm", "outlet-screen-e0.webm",
+        "manifest.json",
+        "outlet-camera-e0.webm",
+        "outlet-microphone-e0.webm",
+        "outlet-screen-e0.webm",
     ]
     by_track = {entry["track"]: entry for entry in manifest["files"]}
     for name, encoded in tracks.items():
@@ -108,7 +117,9 @@ async def test_records_each_track_into_a_playable_hashed_webm(tmp_path: Path) ->
 
     # Each file is reported once, on the event loop's thread, with the manifest's hash.
     assert events.failures == []
-    assert sorted(e["file"] for _, e in events.finished) == sorted(by_track[n]["file"] for n in tracks)
+    assert sorted(e["file"] for _, e in events.finished) == sorted(
+        by_track[n]["file"] for n in tracks
+    )
     assert {s for s, _ in events.finished} == {"call-1"}
     assert set(events.threads) == {threading.current_thread().name}
     for _, entry in events.finished:
@@ -120,17 +131,23 @@ async def test_a_rejoin_makes_a_new_epoch_and_the_gap_is_in_the_manifest(tmp_pat
     events = RecordedEvents()
     recorder = SessionRecorder("call-2", tmp_path, events)
     camera = vp8_track(640, 480, 30, 2.0)
-    first = recorder.open_track(track_info("call-2", "outlet", "camera", camera, epoch=0, started_at=T0))
+    first = recorder.open_track(
+        track_info("call-2", "outlet", "camera", camera, epoch=0, started_at=T0)
+    )
     feed(first, camera, T0)
     first.close()
     rejoined_at = T0 + 2.0 + 1.5  # the participant came back 1.5 s after its last frame
-    second = recorder.open_track(track_info("call-2", "outlet", "camera", camera, epoch=1, started_at=rejoined_at))
+    second = recorder.open_track(
+        track_info("call-2", "outlet", "camera", camera, epoch=1, started_at=rejoined_at)
+    )
     feed(second, camera, rejoined_at)
 
     manifest = await recorder.close()
 
     files = {entry["epoch"]: entry for entry in manifest["files"]}
-    assert files[0]["file"] == "outlet-camera-e0.webm" and files[1]["file"] == "outlet-camera-e1.webm"
+    assert (
+        files[0]["file"] == "outlet-camera-e0.webm" and files[1]["file"] == "outlet-camera-e1.webm"
+    )
     assert files[1]["start"] == rejoined_at
     track = manifest["tracks"]["outlet-camera"]
     assert track["epochs"] == [0, 1]
@@ -177,7 +194,7 @@ async def test_an_overflowing_queue_drops_video_until_the_next_keyframe(tmp_path
             writer.write(frame)
         assert recorder.queued_frames == 10
     wait_until(lambda: recorder.queued_frames == 0, what="the backlog to drain")
-    for frame in frames[keyframes[1]:]:  # at the disk's pace again: nothing more is dropped
+    for frame in frames[keyframes[1] :]:  # at the disk's pace again: nothing more is dropped
         writer.write(frame)
         wait_until(lambda: recorder.queued_frames == 0, what="the frame to be written")
 
@@ -192,7 +209,9 @@ async def test_an_overflowing_queue_drops_video_until_the_next_keyframe(tmp_path
     assert events.failures == []
 
 
-async def test_a_session_folder_that_is_not_a_folder_fails_the_recording_once(tmp_path: Path) -> None:
+async def test_a_session_folder_that_is_not_a_folder_fails_the_recording_once(
+    tmp_path: Path,
+) -> None:
     events = RecordedEvents()
     (tmp_path / "call-5").write_text("in the way")
     recorder = SessionRecorder("call-5", tmp_path, events)
@@ -211,7 +230,9 @@ async def test_a_session_folder_that_is_not_a_folder_fails_the_recording_once(tm
     assert recorder.failed and events.finished == []
 
 
-async def test_a_session_folder_removed_mid_recording_fails_once_without_raising(tmp_path: Path) -> None:
+async def test_a_session_folder_removed_mid_recording_fails_once_without_raising(
+    tmp_path: Path,
+) -> None:
     events = RecordedEvents()
     recorder = SessionRecorder("call-6", tmp_path, events)
     camera = vp8_track(640, 480, 30, 4.0)
@@ -231,12 +252,25 @@ async def test_a_session_folder_removed_mid_recording_fails_once_without_raising
     assert events.finished == []
 
 
-def test_a_full_disk_fails_the_recording_once_and_what_was_written_is_recovered(tmp_path: Path) -> None:
+def test_a_full_disk_fails_the_recording_once_and_what_was_written_is_recovered(
+    tmp_path: Path,
+) -> None:
     vp8_track(640, 480, 30, 4.0)  # encode in this process too, for the comparison below
     limit = 120_000  # bytes: about a third of the 4 s camera track
     child = subprocess.run(
-        [sys.executable, "-m", "tests.media.conftest_recording", "file-limit", str(tmp_path), "call-7", str(limit)],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "tests.media.conftest_recording",
+            "file-limit",
+            str(tmp_path),
+            "call-7",
+            str(limit),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert child.returncode == 0, child.stderr
     report = json.loads(child.stdout.strip().splitlines()[-1])
@@ -260,11 +294,17 @@ def test_a_full_disk_fails_the_recording_once_and_what_was_written_is_recovered(
 def test_kill_9_mid_recording_leaves_files_finalized_on_the_next_start(tmp_path: Path) -> None:
     child = subprocess.Popen(
         [sys.executable, "-m", "tests.media.conftest_recording", "crash", str(tmp_path), "call-8"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         line = child.stdout.readline()
-        assert line.startswith("ready"), (line, child.stderr.read() if child.poll() is not None else "")
+        assert line.startswith("ready"), (
+            line,
+            child.stderr.read() if child.poll() is not None else "",
+        )
         fed = float(line.split()[1])
         os.kill(child.pid, signal.SIGKILL)
         assert child.wait(timeout=10) == -signal.SIGKILL
@@ -282,7 +322,10 @@ def test_kill_9_mid_recording_leaves_files_finalized_on_the_next_start(tmp_path:
     events = RecordedEvents()
     recovered = finalize_leftovers(tmp_path, events)
 
-    assert sorted(e["file"] for e in recovered) == ["outlet-camera-e0.webm", "outlet-microphone-e0.webm"]
+    assert sorted(e["file"] for e in recovered) == [
+        "outlet-camera-e0.webm",
+        "outlet-microphone-e0.webm",
+    ]
     assert list(session_dir.glob("*.part")) == []
     assert not (session_dir / ".recording.lock").exists()
     manifest = json.loads((session_dir / "manifest.json").read_text())
@@ -327,8 +370,16 @@ async def test_recorders_share_one_disk_writer(tmp_path: Path) -> None:
     camera, mic = vp8_track(640, 480, 30, 2.0), opus_track(2.0)
     recorders = [SessionRecorder(f"call-{i}", tmp_path, events, disk_writer=disk) for i in (10, 11)]
     for recorder in recorders:
-        feed(recorder.open_track(track_info(recorder.session_id, "outlet", "camera", camera)), camera, T0)
-        feed(recorder.open_track(track_info(recorder.session_id, "agent", "microphone", mic)), mic, T0)
+        feed(
+            recorder.open_track(track_info(recorder.session_id, "outlet", "camera", camera)),
+            camera,
+            T0,
+        )
+        feed(
+            recorder.open_track(track_info(recorder.session_id, "agent", "microphone", mic)),
+            mic,
+            T0,
+        )
 
     manifests = [await recorder.close() for recorder in recorders]
 
@@ -360,13 +411,19 @@ def test_recovery_rebuilds_an_unreadable_manifest_from_the_file_names(tmp_path: 
     part = TrackFile(session_dir / "agent-microphone-e2.mkv.part", "opus", 48000)
     for data, ts, key in mic.frames:
         part.write(data, ts, key)
-    (session_dir / "manifest.json").write_text('{"version": 1, "files": [')  # torn by another writer
+    (session_dir / "manifest.json").write_text(
+        '{"version": 1, "files": ['
+    )  # torn by another writer
     events = RecordedEvents()
 
     [recovered] = finalize_leftovers(tmp_path, events)
     part.abort()
 
-    assert (recovered["file"], recovered["track"], recovered["epoch"]) == ("agent-microphone-e2.webm", "agent-microphone", 2)
+    assert (recovered["file"], recovered["track"], recovered["epoch"]) == (
+        "agent-microphone-e2.webm",
+        "agent-microphone",
+        2,
+    )
     assert (recovered["kind"], recovered["codec"], recovered["start"]) == ("audio", "opus", None)
     assert recovered["duration"] >= 2.0 - 0.05
     assert (session_dir / "manifest.json.corrupt").exists()

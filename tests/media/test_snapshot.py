@@ -20,9 +20,9 @@ def jpeg_size(data: bytes) -> tuple[int, int]:
     pos = 2
     while pos < len(data):
         marker = data[pos + 1]
-        length = struct.unpack(">H", data[pos + 2: pos + 4])[0]
+        length = struct.unpack(">H", data[pos + 2 : pos + 4])[0]
         if marker in (0xC0, 0xC1, 0xC2):
-            height, width = struct.unpack(">HH", data[pos + 5: pos + 9])
+            height, width = struct.unpack(">HH", data[pos + 5 : pos + 9])
             return width, height
         pos += 2 + length
     raise AssertionError("no SOF marker in the JPEG")
@@ -35,14 +35,16 @@ def decode_jpeg(data: bytes) -> np.ndarray:
 
 
 @pytest.mark.parametrize(("width", "height", "fps"), [(640, 480, 30), (1280, 720, 10)])
-def test_snapshot_is_a_full_resolution_jpeg_of_the_last_frame(width: int, height: int, fps: int) -> None:
+def test_snapshot_is_a_full_resolution_jpeg_of_the_last_frame(
+    width: int, height: int, fps: int
+) -> None:
     track = vp8_track(width, height, fps, 4.0)
     frames = [data for data, _, _ in track.frames]
     keyframes = [i for i, (_, _, key) in enumerate(track.frames) if key]
     start = keyframes[1]
     end = start + 9  # the keyframe and nine frames after it (one GOP is >= 10 frames)
 
-    jpeg = encode_jpeg("VP8", frames[start: end + 1])
+    jpeg = encode_jpeg("VP8", frames[start : end + 1])
 
     assert jpeg_size(jpeg) == (width, height)
     pixels = decode_jpeg(jpeg)
@@ -51,9 +53,9 @@ def test_snapshot_is_a_full_resolution_jpeg_of_the_last_frame(width: int, height
     # it was in the last frame given, not in the keyframe.
     box = (end * 12) % (width - 64)
     row = pixels[height // 3 + 32]
-    assert row[box + 8: box + 56].min() > 200, "the box of the last frame is not in the snapshot"
+    assert row[box + 8 : box + 56].min() > 200, "the box of the last frame is not in the snapshot"
     keyframe_box = (start * 12) % (width - 64)
-    assert row[keyframe_box + 8: keyframe_box + 12].min() < 200, "the snapshot shows the keyframe"
+    assert row[keyframe_box + 8 : keyframe_box + 12].min() < 200, "the snapshot shows the keyframe"
 
 
 def test_quality_changes_the_size() -> None:
