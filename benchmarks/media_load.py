@@ -86,9 +86,14 @@ def encode_loops() -> dict[str, list[bytes]]:
 
 
 # --------------------------------------------------------------------------- server side
-def server_main(mode: str, port_queue: Any, record_dir: str) -> None:
+def server_main(mode: str, port_queue: Any, record_dir: str, use_uvloop: bool = False) -> None:
     logging.basicConfig(level=logging.WARNING)
-    asyncio.run(_serve(mode, port_queue, record_dir))
+    if use_uvloop:
+        import uvloop
+
+        uvloop.run(_serve(mode, port_queue, record_dir))
+    else:
+        asyncio.run(_serve(mode, port_queue, record_dir))
 
 
 async def _serve(mode: str, port_queue: Any, record_dir: str) -> None:
@@ -437,12 +442,13 @@ def _pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(len(values) * q))]
 
 
-def run(mode: str, calls: int, seconds: float, loops: dict[str, list[bytes]], processes: int) -> dict:
+def run(mode: str, calls: int, seconds: float, loops: dict[str, list[bytes]], processes: int,
+        use_uvloop: bool = False) -> dict:
     """One server process of ``mode`` with ``calls`` concurrent calls; returns the figures."""
     ctx = mp.get_context("spawn")
     port_queue = ctx.Queue()
     record_dir = tempfile.mkdtemp(prefix=f"media-load-{mode}-")
-    server = ctx.Process(target=server_main, args=(mode, port_queue, record_dir), daemon=True)
+    server = ctx.Process(target=server_main, args=(mode, port_queue, record_dir, use_uvloop), daemon=True)
     server.start()
     port = port_queue.get(timeout=60)
     idle = _get(port, "/probe")
@@ -462,12 +468,17 @@ def run(mode: str, calls: int, seconds: float, loops: dict[str, list[bytes]], pr
         kind, value = results.get(timeout=120 + 10 * calls)
         setup += value
     time.sleep(2.0)  # settle
+    import psutil
+
+    client_procs = [psutil.Process(p.pid) for p in clients]
+    client_cpu0 = sum(sum(p.cpu_times()[:2]) for p in client_procs)
     before = _get(port, "/probe")
     start = time.time()
     for control in controls:
         control.put((start, start + seconds))
     time.sleep(seconds)
     after = _get(port, "/probe")
+    client_cpu = sum(sum(p.cpu_times()[:2]) for p in client_procs) - client_cpu0
     reports: list[dict] = []
     for _ in clients:
         kind, value = results.get(timeout=60)
@@ -481,9 +492,10 @@ def run(mode: str, calls: int, seconds: float, loops: dict[str, list[bytes]], pr
     ratios = [r["got"] / r["expected"] for r in reports]
     latency = [x for r in reports for x in r["latency"]]
     return {
-        "mode": mode, "calls": calls,
+        "mode": mode + ("+uvloop" if use_uvloop else ""), "calls": calls,
         "cpu_per_call_pct": 100 * (after["cpu"] - before["cpu"]) / seconds / calls,
         "cpu_total_pct": 100 * (after["cpu"] - before["cpu"]) / seconds,
+        "client_cpu_pct": 100 * client_cpu / seconds,
         "rss_per_call_mb": (after["rss"] - idle["rss"]) / calls / 2**20,
         "fps_worst_pct": 100 * min(ratios), "fps_mean_pct": 100 * statistics.mean(ratios),
         "loss_pct": 100 * max(r["loss"] for r in reports),
@@ -499,21 +511,24 @@ def main() -> None:
     parser.add_argument("--baseline-calls", default="1", help="K values for the stock server ('' to skip)")
     parser.add_argument("--seconds", type=float, default=15.0, help="measurement window per run")
     parser.add_argument("--client-processes", type=int, default=2)
+    parser.add_argument("--uvloop", action="store_true", help="run the servers on uvloop (pip install uvloop)")
     args = parser.parse_args()
     loops = encode_loops()
     rows = []
     plan = [("passthrough", int(k)) for k in args.calls.split(",") if k]
     plan += [("stock", int(k)) for k in args.baseline_calls.split(",") if k]
-    header = (f"{'server':<12}{'K':>4}{'cpu/call':>10}{'cpu tot':>9}{'rss/call':>10}{'fps worst':>10}"
-              f"{'fps mean':>9}{'loss':>7}{'lag p99':>9}{'setup p50':>10}{'p95':>7}{'hop p50':>9}{'p95':>7}")
+    header = (f"{'server':<20}{'K':>4}{'cpu/call':>10}{'cpu tot':>9}{'rss/call':>10}{'fps worst':>10}"
+              f"{'fps mean':>9}{'loss':>7}{'lag p99':>9}{'setup p50':>10}{'p95':>7}{'hop p50':>9}{'p95':>8}"
+              f"{'clients cpu':>12}")
     print(header)
     for mode, calls in plan:
-        row = run(mode, calls, args.seconds, loops, min(args.client_processes, calls))
+        row = run(mode, calls, args.seconds, loops, min(args.client_processes, calls), args.uvloop)
         rows.append(row)
-        print(f"{row['mode']:<12}{row['calls']:>4}{row['cpu_per_call_pct']:>9.1f}%{row['cpu_total_pct']:>8.0f}%"
+        print(f"{row['mode']:<20}{row['calls']:>4}{row['cpu_per_call_pct']:>9.1f}%{row['cpu_total_pct']:>8.0f}%"
               f"{row['rss_per_call_mb']:>8.1f}MB{row['fps_worst_pct']:>9.0f}%{row['fps_mean_pct']:>8.0f}%"
               f"{row['loss_pct']:>6.2f}%{row['lag_p99_ms']:>7.1f}ms{row['setup_p50_s']:>9.2f}s"
-              f"{row['setup_p95_s']:>6.2f}s{row['latency_p50_ms']:>7.1f}ms{row['latency_p95_ms']:>5.1f}ms",
+              f"{row['setup_p95_s']:>6.2f}s{row['latency_p50_ms']:>7.1f}ms{row['latency_p95_ms']:>6.1f}ms"
+              f"{row['client_cpu_pct']:>11.0f}%",
               flush=True)
     print(json.dumps(rows, indent=1), file=sys.stderr)
 

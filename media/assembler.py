@@ -7,8 +7,9 @@ This replaces aiortc's jitter buffer on the server's receivers (installed by
   packet since the previous frame is present, instead of when the *next* frame starts
   (aiortc's buffer holds one frame, +33 ms at 30 fps; its audio buffer prefetches 4 packets,
   +80 ms). Audio packets are released as they arrive.
-- it knows the sequence numbers, so it *sees* gaps: after a hole that retransmission did
-  not fill within ``max_wait`` seconds it drops everything up to the next frame start,
+- it knows the sequence numbers, so it *sees* gaps: after a hole that retransmission (the
+  receiver still NACKs) did not fill within ``max_wait`` seconds (0.5 s: one NACK round trip
+  on a slow island link; shorter would turn every loss there into a keyframe) it drops everything up to the next frame start,
   reports picture loss (the caller asks the sender for a keyframe) and drops every frame
   until a keyframe arrives. Forwarding a frame that references a lost one corrupts the
   picture at every subscriber and in the recording.
@@ -58,7 +59,7 @@ class FrameAssembler:
         on_frame: FrameCallback,
         on_picture_loss: Callable[[], None],
         *,
-        max_wait: float = 0.3,
+        max_wait: float = 0.5,
         max_packets: int = 512,
     ) -> None:
         self.kind = kind

@@ -44,18 +44,19 @@ def browser_ice_servers(settings: MediaSettings, participant_id: str, now: float
     return servers
 
 
-def server_configuration(settings: MediaSettings, node_id: str = "cloudhall-media") -> RTCConfiguration:
-    """RTCConfiguration for the server's own peer connections: the configured servers, never aiortc's default.
+def server_configuration(settings: MediaSettings) -> RTCConfiguration:
+    """RTCConfiguration for the server's own peer connections: the configured STUN URLs, never aiortc's default.
+
+    TURN is for the browsers (an outlet behind NAT relays *to* the server); the server is
+    the reachable side (its own address, or ``public_ip`` behind 1:1 NAT), so it gathers
+    no relay candidates and never waits for a TURN allocation.
 
     ``max-bundle``: with aiortc's default ("balanced") an answerer puts the second audio
     m-line on the first audio m-line's transport, then the BUNDLE group discards that
     transport and the second audio m-line never connects (aiortc 1.16). Browsers bundle
     everything anyway.
     """
-    servers = [
-        RTCIceServer(urls=entry["urls"], username=entry.get("username"), credential=entry.get("credential"))
-        for entry in browser_ice_servers(settings, node_id)
-    ]
+    servers = [RTCIceServer(urls=list(settings.stun_urls))] if settings.stun_urls else []
     return RTCConfiguration(iceServers=servers, bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
 
 

@@ -120,7 +120,7 @@ class ReceiverTap:
         on_frame: FrameCallback,
         on_picture_loss: Callable[[], None],
         *,
-        max_wait: float = 0.3,
+        max_wait: float = 0.5,
     ) -> None:
         for attribute in ("_RTCRtpReceiver__jitter_buffer", "_RTCRtpReceiver__decoder_queue",
                           "_RTCRtpReceiver__rtcp_ssrc"):

@@ -31,6 +31,11 @@ def test_server_configuration_never_falls_back_to_public_stun():
     configuration = ice.server_configuration(MediaSettings())
     assert configuration.iceServers == []
     assert configuration.bundlePolicy.value == "max-bundle"
+    configured = ice.server_configuration(MediaSettings(
+        stun_urls=("stun:stun.county.example:3478",),
+        turn=TurnSettings(secret="s", urls=("turn:turn.county.example:3478",)),
+    ))
+    assert [server.urls for server in configured.iceServers] == [["stun:stun.county.example:3478"]]
 
 
 def test_host_addresses_add_loopback_only_when_allowed():
