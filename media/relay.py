@@ -41,8 +41,9 @@ class ForwardTrack(MediaStreamTrack):
     memory; nothing is queued before its sender starts pulling.
     """
 
-    def __init__(self, relay: "SourceRelay", subscriber: str, maxlen: int) -> None:
+    def __init__(self, relay: "SourceRelay", subscriber: str, maxlen: int, caps_upstream: bool = True) -> None:
         super().__init__()
+        self.caps_upstream = caps_upstream
         self.kind = relay.kind
         self.relay = relay
         self.subscriber = subscriber
@@ -289,6 +290,8 @@ class SourceRelay:
     def set_remb(self, track: ForwardTrack, bitrate: int) -> None:
         """A subscriber's receiver estimate; the sender is capped at the weakest one."""
         track.remb = bitrate
+        if track not in self.subscribers or not track.caps_upstream:
+            return
         previous = self.remb_limit
         self._remb[track] = bitrate
         limit = self.remb_limit
@@ -316,9 +319,13 @@ class SourceRelay:
                          self.participant, self.source, task.exception())
 
     # -- subscribers -------------------------------------------------------------------
-    def subscribe(self, subscriber: str, maxlen: int) -> ForwardTrack:
-        """A new forwarding track for ``subscriber`` (silent until this source has frames)."""
-        track = ForwardTrack(self, subscriber, maxlen)
+    def subscribe(self, subscriber: str, maxlen: int, *, caps_upstream: bool = True) -> ForwardTrack:
+        """A new forwarding track for ``subscriber`` (silent until this source has frames).
+
+        ``caps_upstream``: whether this subscriber's bandwidth estimate limits the sender
+        (not for a silent monitor, whose weak link must not degrade the call).
+        """
+        track = ForwardTrack(self, subscriber, maxlen, caps_upstream)
         self.subscribers.add(track)
         return track
 

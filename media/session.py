@@ -94,8 +94,9 @@ class MediaSession:
             if old is not None:
                 logger.info("session %s: %s rejoins, closing epoch %d", self.session_id, participant, old.epoch)
                 await self._close_peer(old)
-                self._gap_pending.add(participant)
             epoch = self._next_epoch.get(participant, 0)
+            if epoch > 0:
+                self._gap_pending.add(participant)
             self._next_epoch[participant] = epoch + 1
             pc = RTCPeerConnection(configuration=self._configuration())
             peer = _Peer(participant, epoch, pc, lines, created_at=asyncio.get_running_loop().time())
@@ -141,7 +142,8 @@ class MediaSession:
                 )
             else:
                 relay = self.relay(line.owner, line.source)
-                track = relay.subscribe(peer.participant, self._settings.subscriber_queue_frames)
+                track = relay.subscribe(peer.participant, self._settings.subscriber_queue_frames,
+                                        caps_upstream=peer.participant != "monitor")
                 transceiver.sender.replaceTrack(track)
                 transceiver.direction = "sendonly"
                 passthrough.install_sender_hooks(

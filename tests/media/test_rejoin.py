@@ -48,3 +48,24 @@ async def test_rejoin_resumes_forwarding_and_recording_in_a_new_epoch(media_env,
     assert 0 < jump < wall_gap + 1.0, f"timestamps jumped {jump:.2f} s over a {wall_gap:.2f} s gap"
     assert camera.pts == sorted(camera.pts)
     assert server.stats("rejoin")["participants"]["outlet"]["epoch"] == 1
+
+
+async def test_a_subscriber_that_reloads_gets_the_picture_again_and_leave_closes_recordings(media_env, sink, events):
+    server = media_env.server(sink=sink, events=events)
+    outlet = media_env.client(server, "reload", "outlet",
+                              {"camera": SyntheticVideo(320, 240, 30), "microphone": ToneAudio()}, [])
+    first = media_env.client(server, "reload", "agent", {}, ["remote:camera"])
+    await outlet.connect()
+    await first.connect()
+    await wait_for(lambda: len(first.received["remote:camera"].arrivals) >= 10, 10, lambda: server.stats("reload"))
+
+    second = media_env.client(server, "reload", "agent", {}, ["remote:camera"])  # page reload: new pc
+    await second.connect()
+    received = second.received["remote:camera"]
+    await wait_for(lambda: len(received.arrivals) >= 10, 10, lambda: server.stats("reload"))
+    subscribers = server.stats("reload")["tracks"]["outlet-camera"]["subscribers"]
+    assert [s["subscriber"] for s in subscribers] == ["agent"], "the old subscription was not dropped"
+
+    await server.leave("reload", "outlet")
+    assert all(w.closed for w in sink.tracks("outlet-camera"))
+    assert "outlet" not in server.stats("reload")["participants"]

@@ -91,3 +91,20 @@ async def test_timestamps_continue_across_a_rejoin():
     assert all(step > 0 for step in steps), steps
     assert max(steps) == int((2.5 - (1.0 + 29 / 30)) * 90000), "the rejoin step is not the wall-clock gap"
     relay.close()
+
+
+async def test_the_weakest_subscriber_caps_the_sender_but_a_monitor_does_not():
+    relay, upstream = make_relay()
+    agent = relay.subscribe("agent", 60)
+    monitor = relay.subscribe("monitor", 60, caps_upstream=False)
+    relay.set_remb(agent, 900_000)
+    relay.set_remb(monitor, 100_000)
+    assert upstream.remb_limit == 900_000
+    slow = relay.subscribe("agent", 60)
+    relay.set_remb(slow, 300_000)
+    assert upstream.remb_limit == 300_000
+    slow.stop()
+    assert upstream.remb_limit == 900_000
+    relay.set_remb(slow, 50_000)  # a late estimate from a closed subscriber is ignored
+    assert upstream.remb_limit == 900_000
+    relay.close()
