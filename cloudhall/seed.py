@@ -104,9 +104,12 @@ def _user_specs() -> list[dict[str, Any]]:
 async def seed_demo(db: Database) -> SeedReport:
     """Create whatever of the demo county is missing; return what the demo accounts are."""
     report = SeedReport()
-    # One hash per role (hashing is slow on purpose); demo accounts only.
+    async with db.transaction() as session:
+        existing_users = set(await session.scalars(select(User.username)))
+    # One hash per role that still needs accounts (hashing is slow on purpose); demo accounts only.
+    missing_roles = sorted({s["role"] for s in _user_specs() if s["username"] not in existing_users}, key=str)
     hashes = dict(
-        zip(DEMO_PASSWORDS, await asyncio.gather(*(asyncio.to_thread(hash_password, p) for p in DEMO_PASSWORDS.values())))
+        zip(missing_roles, await asyncio.gather(*(asyncio.to_thread(hash_password, DEMO_PASSWORDS[r]) for r in missing_roles)))
     )
     async with db.transaction() as session:
         existing_depts = set(await session.scalars(select(Department.code)))
@@ -126,7 +129,6 @@ async def seed_demo(db: Database) -> SeedReport:
                 report.outlets_created += 1
         await session.flush()
         outlet_names = {o.code: o.name for o in await session.scalars(select(Outlet))}
-        existing_users = set(await session.scalars(select(User.username)))
         for spec in _user_specs():
             data = UserInput(**spec)
             created = data.username not in existing_users
