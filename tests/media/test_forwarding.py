@@ -58,6 +58,11 @@ async def test_call_forwards_every_track_at_full_rate_without_any_codec(media_en
     assert not [o for o in codec_constructions.encoder_owners if id(o) in server_senders], "server built an encoder"
     assert not [o for o in codec_constructions.decoder_outputs if id(o) in server_outputs], "server built a decoder"
 
+    # Bounded queues: no subscriber ever held more than the configured limit.
+    for track in server.stats("call-1")["tracks"].values():
+        for subscriber in track["subscribers"]:
+            assert subscriber["queue_max"] <= subscriber["queue_limit"], track
+
     # Recording: one track epoch per source, starting at a keyframe at timestamp 0, dimensions known.
     await media_env.clients[0].close()
     await server.end("call-1")

@@ -148,3 +148,46 @@ async def test_tap_sender_hooks_codecs_and_ice_against_real_peers():
     finally:
         await a.close()
         await b.close()
+
+
+class _Pair:
+    remote_addr = ("192.0.2.7", 40000)
+
+    def __init__(self, answers: list[bool]) -> None:
+        self.protocol = self
+        self.answers = answers
+        self.retransmissions: list[int | None] = []
+
+    async def request(self, request, addr, integrity_key=None, retransmissions=None):  # type: ignore[no-untyped-def]
+        import aioice.stun
+
+        self.retransmissions.append(retransmissions)
+        if not (self.answers.pop(0) if self.answers else False):
+            raise aioice.stun.TransactionTimeout()
+
+
+class _Connection:
+    """Just what the consent loop uses of aioice.Connection (names checked by check_classes)."""
+
+    remote_password = "x" * 22
+
+    def __init__(self, pair: _Pair) -> None:
+        self._nominated = {1: pair}
+        self._query_consent_task = object()
+        self.closed = False
+
+    def build_request(self, pair, nominate):  # type: ignore[no-untyped-def]
+        return object()
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+async def test_consent_retransmits_and_expires_after_consecutive_misses(monkeypatch):
+    monkeypatch.setattr(passthrough, "CONSENT_INTERVAL", 0.001)
+    pair = _Pair([False] * 5 + [True] + [False] * 6)  # 5 misses, an answer, then 6 misses
+    connection = _Connection(pair)
+    await asyncio.wait_for(passthrough._query_consent(connection), 5)  # type: ignore[arg-type]
+    assert connection.closed and connection._query_consent_task is None
+    assert len(pair.retransmissions) == 12, "one answer must reset the miss count"
+    assert set(pair.retransmissions) == {passthrough.CONSENT_RETRANSMISSIONS}
