@@ -187,9 +187,9 @@ async def test_an_overflowing_queue_drops_video_until_the_next_keyframe(tmp_path
     camera = vp8_track(640, 480, 30, 4.0)
     frames = encoded_frames(camera, T0)
     keyframes = [i for i, f in enumerate(frames) if f.keyframe]
-    writer = recorder.open_track(track_info("call-4", "outlet", "camera", camera, started_at=T0))
     # Stall the writer thread the way a slow disk would: it needs the manifest to open the file.
     with recorder._manifest._lock:
+        writer = recorder.open_track(track_info("call-4", "outlet", "camera", camera, started_at=T0))
         for frame in frames[: keyframes[1]]:
             writer.write(frame)
         assert recorder.queued_frames == 10
