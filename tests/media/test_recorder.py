@@ -430,3 +430,20 @@ def test_recovery_rebuilds_an_unreadable_manifest_from_the_file_names(tmp_path: 
     manifest = json.loads((session_dir / "manifest.json").read_text())
     assert manifest["files"][0]["sha256"] == sha256(session_dir / "agent-microphone-e2.webm")
     assert probe(session_dir / "agent-microphone-e2.webm")["decoded"] == recovered["frames"]
+
+
+def test_recording_opens_no_encoder(tmp_path: Path) -> None:
+    # An encoder-opened VP8 stream costs ~8 MB; the recorder declares streams from parameters.
+    video = TrackFile(tmp_path / "v.mkv.part", "VP8", 90000, 640, 480)
+    audio = TrackFile(tmp_path / "a.mkv.part", "opus", 48000)
+    camera, mic = vp8_track(640, 480, 30, 2.0), opus_track(2.0)
+    for data, ts, key in camera.frames[:10]:
+        video.write(data, ts, key)
+    for data, ts, key in mic.frames[:10]:
+        audio.write(data, ts, key)
+
+    assert video._stream.codec_context is None
+    context = audio._stream.codec_context
+    assert not context.is_encoder and not context.is_open
+    video.close()
+    audio.close()
