@@ -38,7 +38,7 @@ class FieldErrors(InvalidInput):
 
     def __init__(self, fields: dict[str, str]) -> None:
         summary = "; ".join(f"{k}: {v}" for k, v in fields.items())
-        super().__init__(f"invalid input ({summary})", details={"fields": dict(fields)})
+        super().__init__(f"输入有误（{summary}）", details={"fields": dict(fields)})
         self.fields = dict(fields)
 
 
@@ -48,7 +48,7 @@ class _Input(BaseModel):
 
 def _code(value: str) -> str:
     if not CODE_RE.match(value):
-        raise ValueError("use 1-32 letters, digits, '_', '.' or '-'")
+        raise ValueError("编码为 1-32 位字母、数字或 _ . -")
     return value
 
 
@@ -67,7 +67,7 @@ class UserInput(_Input):
     @classmethod
     def _username(cls, value: str) -> str:
         if not USERNAME_RE.match(value):
-            raise ValueError("2-64 letters, digits, '_', '.' or '-'")
+            raise ValueError("用户名为 2-64 位字母、数字或 _ . -")
         return value
 
     @field_validator("departments", mode="before")
@@ -125,16 +125,34 @@ def parse_input(model: type[M], data: dict[str, Any]) -> M:
         fields: dict[str, str] = {}
         for problem in exc.errors():
             name = str(problem["loc"][0]) if problem["loc"] else "form"
-            fields.setdefault(name, problem["msg"].removeprefix("Value error, "))
+            fields.setdefault(name, _message(problem))
         raise FieldErrors(fields) from None
+
+
+def _message(problem: Any) -> str:
+    """A pydantic problem in the words of the (Chinese) admin form."""
+    kind, ctx = problem["type"], problem.get("ctx") or {}
+    if kind == "value_error":
+        return str(problem["msg"]).removeprefix("Value error, ")
+    if kind == "string_too_short":
+        return "不能为空" if ctx.get("min_length") == 1 else f"至少 {ctx.get('min_length')} 个字符"
+    if kind == "string_too_long":
+        return f"最多 {ctx.get('max_length')} 个字符"
+    if kind in ("enum", "literal_error"):
+        return f"请从 {ctx.get('expected', '给定选项')} 中选择"
+    if kind == "string_pattern_mismatch":
+        return "格式不正确"
+    if kind == "missing":
+        return "必填"
+    return str(problem["msg"])
 
 
 def check_password(password: str) -> str:
     """Return ``password`` if acceptable; raise :class:`FieldErrors` on field ``password``."""
     if len(password) < MIN_PASSWORD_LENGTH:
-        raise FieldErrors({"password": f"at least {MIN_PASSWORD_LENGTH} characters"})
+        raise FieldErrors({"password": f"密码至少 {MIN_PASSWORD_LENGTH} 个字符"})
     if len(password) > MAX_PASSWORD_LENGTH:
-        raise FieldErrors({"password": f"at most {MAX_PASSWORD_LENGTH} characters"})
+        raise FieldErrors({"password": f"密码最多 {MAX_PASSWORD_LENGTH} 个字符"})
     return password
 
 
@@ -149,7 +167,7 @@ def parse_hours_text(text: str) -> dict[str, Any]:
         head, ranges = words[0].lower(), words[1:]
         if head == "tz":
             if len(ranges) != 1:
-                raise ValueError(f"{line.strip()!r}: write 'tz Asia/Shanghai'")
+                raise ValueError(f"{line.strip()!r}：时区请写作 tz Asia/Shanghai")
             hours["tz"] = ranges[0]
             continue
         days = _day_span(head)
@@ -157,7 +175,7 @@ def parse_hours_text(text: str) -> dict[str, Any]:
         for part in ranges:
             match = re.fullmatch(r"(\d\d:\d\d)-(\d\d:\d\d)", part)
             if not match:
-                raise ValueError(f"{part!r} is not a time range like 08:30-12:00")
+                raise ValueError(f"{part!r} 不是 08:30-12:00 这样的时段")
             pairs.append([match.group(1), match.group(2)])
         for day in days:
             hours[day] = pairs
@@ -170,10 +188,10 @@ def parse_hours_text(text: str) -> dict[str, Any]:
 def _day_span(word: str) -> list[str]:
     start, _, end = word.partition("-")
     if start not in WEEKDAYS or (end and end not in WEEKDAYS):
-        raise ValueError(f"{word!r} is not a weekday or span like mon-fri (days: {', '.join(WEEKDAYS)})")
+        raise ValueError(f"{word!r} 不是星期或 mon-fri 这样的范围（可用：{', '.join(WEEKDAYS)}）")
     first, last = WEEKDAYS.index(start), WEEKDAYS.index(end or start)
     if last < first:
-        raise ValueError(f"{word!r} runs backwards")
+        raise ValueError(f"{word!r} 的起止顺序颠倒")
     return list(WEEKDAYS[first : last + 1])
 
 
@@ -208,39 +226,39 @@ async def _scope(session: AsyncSession, data: UserInput) -> tuple[Outlet | None,
     """Resolve the outlet, county and departments a role needs; raise :class:`FieldErrors`."""
     if data.role is Role.OUTLET_STAFF:
         if not data.outlet:
-            raise FieldErrors({"outlet": "outlet staff must belong to an outlet"})
+            raise FieldErrors({"outlet": "便民服务站工作人员必须属于一个服务站"})
         if data.departments:
-            raise FieldErrors({"departments": "only agents have departments"})
+            raise FieldErrors({"departments": "只有坐席才属于窗口"})
         outlet = await session.scalar(select(Outlet).where(Outlet.code == data.outlet))
         if outlet is None:
-            raise FieldErrors({"outlet": f"no outlet has code {data.outlet!r}"})
+            raise FieldErrors({"outlet": f"没有编码为 {data.outlet!r} 的便民服务站"})
         return outlet, outlet.county, []
     if data.outlet:
-        raise FieldErrors({"outlet": f"a {data.role.value} does not belong to an outlet"})
+        raise FieldErrors({"outlet": "只有便民服务站工作人员才属于服务站"})
     if data.role is Role.AGENT:
         if not data.departments:
-            raise FieldErrors({"departments": "an agent needs at least one department"})
+            raise FieldErrors({"departments": "坐席至少要属于一个窗口"})
         found = list(await session.scalars(select(Department).where(Department.code.in_(data.departments))))
         missing = sorted(set(data.departments) - {d.code for d in found})
         if missing:
-            raise FieldErrors({"departments": f"no department has code {', '.join(missing)}"})
+            raise FieldErrors({"departments": f"没有编码为 {', '.join(missing)} 的窗口"})
         counties = {d.county for d in found}
         if len(counties) > 1:
-            raise FieldErrors({"departments": f"departments of several counties ({', '.join(sorted(counties))})"})
+            raise FieldErrors({"departments": f"所选窗口分属多个区县（{', '.join(sorted(counties))}）"})
         county = counties.pop()
         if data.county and data.county != county:
-            raise FieldErrors({"county": f"the departments belong to {county}, not {data.county}"})
+            raise FieldErrors({"county": f"所选窗口属于 {county}，不是 {data.county}"})
         return None, county, sorted(found, key=lambda d: d.code)
     if data.departments:
-        raise FieldErrors({"departments": "only agents have departments"})
+        raise FieldErrors({"departments": "只有坐席才属于窗口"})
     if data.role is Role.SUPERVISOR:
         if not data.county:
             return None, None, []  # the whole city
         if data.county not in await known_counties(session):
-            raise FieldErrors({"county": f"no outlet or department is in {data.county!r}"})
+            raise FieldErrors({"county": f"{data.county!r} 没有任何服务站或窗口"})
         return None, data.county, []
     if data.county:
-        raise FieldErrors({"county": "an admin is not bound to a county"})
+        raise FieldErrors({"county": "系统管理员不属于区县"})
     return None, None, []
 
 
@@ -248,7 +266,7 @@ async def create_user(session: AsyncSession, data: UserInput, password_hash: str
     """Add a user; raise :class:`FieldErrors` for bad input and :class:`Conflict` for a taken username."""
     taken = await session.scalar(select(func.count()).select_from(User).where(User.username == data.username))
     if taken:
-        raise FieldErrors({"username": f"{data.username!r} is taken"})
+        raise FieldErrors({"username": f"用户名 {data.username!r} 已被使用"})
     outlet, county, departments = await _scope(session, data)
     user = User(
         username=data.username,
@@ -273,7 +291,7 @@ async def update_user(session: AsyncSession, user_id: int, data: UserInput, *, a
     """
     user = await get_user(session, user_id)
     if actor_id == user.id and (data.role is not Role.ADMIN or not data.enabled):
-        raise Conflict("you cannot disable your own account or take away your own admin role")
+        raise Conflict("不能停用自己的账号，也不能取消自己的管理员角色")
     outlet, county, departments = await _scope(session, data)
     user.display_name = data.display_name
     user.role = data.role.value
@@ -305,7 +323,7 @@ async def set_password(session: AsyncSession, user_id: int, password_hash: str) 
 async def set_enabled(session: AsyncSession, user_id: int, enabled: bool, *, actor_id: int | None = None) -> User:
     user = await get_user(session, user_id)
     if actor_id == user.id and not enabled:
-        raise Conflict("you cannot disable your own account")
+        raise Conflict("不能停用自己的账号")
     user.enabled = enabled
     await session.flush()
     return user
@@ -334,7 +352,7 @@ async def _code_taken(session: AsyncSession, model: type[Outlet] | type[Departme
 async def save_outlet(session: AsyncSession, data: OutletInput, outlet_id: int | None = None) -> Outlet:
     """Create (``outlet_id`` None) or update an outlet; raise :class:`FieldErrors` or :class:`NotFound`."""
     if await _code_taken(session, Outlet, data.code, outlet_id):
-        raise FieldErrors({"code": f"another outlet has code {data.code!r}"})
+        raise FieldErrors({"code": f"编码 {data.code!r} 已被其他服务站使用"})
     outlet = Outlet() if outlet_id is None else await get_outlet(session, outlet_id)
     for key, value in data.model_dump().items():
         setattr(outlet, key, value)
@@ -351,14 +369,14 @@ async def save_outlet(session: AsyncSession, data: OutletInput, outlet_id: int |
 async def save_department(session: AsyncSession, data: DepartmentInput, department_id: int | None = None) -> Department:
     """Create (``department_id`` None) or update a department; raise :class:`FieldErrors` or :class:`NotFound`."""
     if await _code_taken(session, Department, data.code, department_id):
-        raise FieldErrors({"code": f"another department has code {data.code!r}"})
+        raise FieldErrors({"code": f"编码 {data.code!r} 已被其他窗口使用"})
     department = Department() if department_id is None else await get_department(session, department_id)
     if department_id is not None and department.county != data.county:
         has_agents = await session.scalar(
             select(func.count()).select_from(User).join(User.departments).where(Department.id == department.id)
         )
         if has_agents:
-            raise FieldErrors({"county": "agents work at this department: move them before changing its county"})
+            raise FieldErrors({"county": "该窗口还有坐席，请先调整坐席再修改区县"})
     for key, value in data.model_dump().items():
         setattr(department, key, value)
     if department_id is None:

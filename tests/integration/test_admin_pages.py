@@ -193,3 +193,21 @@ async def test_create_and_edit_outlets_and_departments(
     assert outlet is not None and outlet.contact_phone == "0580-123"
     assert saved is not None and saved.working_hours["sat"] == [["09:00", "11:30"]]
     assert (await client.get("/admin/outlets/99999")).status == 404
+
+
+async def test_names_are_escaped_on_the_pages(client: TestClient, world: World) -> None:
+    token = await admin_client(client)
+    evil = '<script>alert("x")</script>'
+    created = await client.post(
+        "/admin/outlets/new",
+        data={"csrf_token": token, "code": "O8", "name": evil, "island": "岛", "town": "镇", "county": "东岛县",
+              "enabled": "on"},
+        allow_redirects=False,
+    )
+    assert created.status == 303
+    for path in ("/admin", created.headers["Location"]):
+        html = await (await client.get(path)).text()
+        assert evil not in html and "&lt;script&gt;" in html, path
+    assert "不能为空" in field_errors(await (await client.post(
+        "/admin/outlets/new", data={"csrf_token": token, "code": "O9", "name": "", "island": "岛", "town": "镇",
+                                     "county": "东岛县"})).text())["name"]
