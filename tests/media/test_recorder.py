@@ -189,7 +189,9 @@ async def test_an_overflowing_queue_drops_video_until_the_next_keyframe(tmp_path
     keyframes = [i for i, f in enumerate(frames) if f.keyframe]
     # Stall the writer thread the way a slow disk would: it needs the manifest to open the file.
     with recorder._manifest._lock:
-        writer = recorder.open_track(track_info("call-4", "outlet", "camera", camera, started_at=T0))
+        writer = recorder.open_track(
+            track_info("call-4", "outlet", "camera", camera, started_at=T0)
+        )
         for frame in frames[: keyframes[1]]:
             writer.write(frame)
         assert recorder.queued_frames == 10
@@ -411,9 +413,9 @@ def test_recovery_rebuilds_an_unreadable_manifest_from_the_file_names(tmp_path: 
     part = TrackFile(session_dir / "agent-microphone-e2.mkv.part", "opus", 48000)
     for data, ts, key in mic.frames:
         part.write(data, ts, key)
-    (session_dir / "manifest.json").write_text(
-        '{"version": 1, "files": ['
-    )  # torn by another writer
+    torn = '{"version": 1, "files": ['  # written by something else than the atomic rename
+    (session_dir / "manifest.json").write_text(torn)
+    (session_dir / "agent-microphone-e2.webm.part").write_bytes(b"\x1aE\xdf\xa3")  # remux cut short
     events = RecordedEvents()
 
     [recovered] = finalize_leftovers(tmp_path, events)
@@ -426,7 +428,12 @@ def test_recovery_rebuilds_an_unreadable_manifest_from_the_file_names(tmp_path: 
     )
     assert (recovered["kind"], recovered["codec"], recovered["start"]) == ("audio", "opus", None)
     assert recovered["duration"] >= 2.0 - 0.05
-    assert (session_dir / "manifest.json.corrupt").exists()
+    assert (session_dir / "manifest.json.corrupt").read_text() == torn
+    assert sorted(p.name for p in session_dir.iterdir()) == [
+        "agent-microphone-e2.webm",
+        "manifest.json",
+        "manifest.json.corrupt",
+    ]
     manifest = json.loads((session_dir / "manifest.json").read_text())
     assert manifest["files"][0]["sha256"] == sha256(session_dir / "agent-microphone-e2.webm")
     assert probe(session_dir / "agent-microphone-e2.webm")["decoded"] == recovered["frames"]
