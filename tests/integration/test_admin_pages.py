@@ -211,3 +211,13 @@ async def test_names_are_escaped_on_the_pages(client: TestClient, world: World) 
     assert "不能为空" in field_errors(await (await client.post(
         "/admin/outlets/new", data={"csrf_token": token, "code": "O9", "name": "", "island": "岛", "town": "镇",
                                      "county": "东岛县"})).text())["name"]
+
+
+async def test_pages_render_in_every_language(client: TestClient, world: World) -> None:
+    await admin_client(client)
+    for language in ("zh-CN", "en"):
+        for path in ("/admin", "/admin/users/new", f"/admin/users/{world.users['agent1'].id}",
+                     f"/admin/outlets/{world.outlets['O1'].id}", f"/admin/departments/{world.departments['SOC'].id}",
+                     "/admin/catalog"):
+            page = await client.get(path, headers={"Accept-Language": language})
+            assert page.status == 200, (language, path)
