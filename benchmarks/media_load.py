@@ -87,6 +87,7 @@ def encode_loops() -> dict[str, list[bytes]]:
 
 # --------------------------------------------------------------------------- server side
 def server_main(mode: str, port_queue: Any, record_dir: str, use_uvloop: bool = False) -> None:
+    """Server process entry: ``mode`` is passthrough (recorder), passthrough-norec (no-op sink) or stock."""
     logging.basicConfig(level=logging.WARNING)
     if use_uvloop:
         import uvloop
@@ -110,7 +111,8 @@ async def _serve(mode: str, port_queue: Any, record_dir: str) -> None:
             lags.append(loop.time() - start - 0.02)
 
     lag_task = asyncio.ensure_future(probe_lag())
-    backend: Any = PassthroughBackend(record_dir) if mode == "passthrough" else StockBackend(record_dir)
+    backend: Any = (PassthroughBackend(record_dir, record=mode == "passthrough") if mode.startswith("passthrough")
+                    else StockBackend(record_dir))
     process = psutil.Process()
     stop = asyncio.Event()
 
@@ -125,7 +127,7 @@ async def _serve(mode: str, port_queue: Any, record_dir: str) -> None:
         lags.clear()
         p99 = values[int(len(values) * 0.99)] if values else 0.0
         return web.json_response({"cpu": times.user + times.system, "rss": process.memory_info().rss,
-                                  "lag_p99": p99, "threads": process.num_threads()})
+                                  "lag_p99": p99, "threads": process.num_threads(), "states": backend.states()})
 
     async def shutdown(request: web.Request) -> web.Response:
         stop.set()
@@ -155,13 +157,15 @@ class _NullRecordingEvents:
 
 
 class PassthroughBackend:
-    def __init__(self, record_dir: str) -> None:
+    def __init__(self, record_dir: str, record: bool = True) -> None:
         from cloudhall.settings import MediaSettings
         from media.server import MediaServer
 
         self.recorders: list[Any] = []
         self.disk = None
         try:
+            if not record:
+                raise ImportError("recording disabled (--no-record)")
             from recordings.diskwriter import DiskWriter
             from recordings.writer import SessionRecorder
 
@@ -175,6 +179,19 @@ class PassthroughBackend:
             print(f"recordings.writer unavailable ({exc}); using a no-op sink", file=sys.stderr)
             sink = lambda session_id: _NoopSink()  # noqa: E731
         self.server = MediaServer(MediaSettings(), sink_factory=sink)
+
+    def states(self) -> dict:
+        counts: dict[str, int] = {}
+        for session_id in self.server.session_ids:
+            stats = self.server.stats(session_id)
+            for participant in stats["participants"].values():
+                counts[participant["state"]] = counts.get(participant["state"], 0) + 1
+            for track in stats["tracks"].values():
+                for key in ("frames_in", "frames_out", "gaps", "frames_dropped_for_keyframe", "keyframe_requests"):
+                    counts[key] = counts.get(key, 0) + track[key]
+                counts["subscriber_drops"] = counts.get("subscriber_drops", 0) + sum(
+                    s["drops"] for s in track["subscribers"])
+        return counts
 
     async def negotiate(self, session: str, participant: str, sdp: str, tracks: dict) -> str:
         from media.server import OfferIn
@@ -254,6 +271,12 @@ class StockBackend:
                 self.recorders.append(recorder)
         await pc.setLocalDescription(await pc.createAnswer())
         return pc.localDescription.sdp
+
+    def states(self) -> dict:
+        counts: dict[str, int] = {}
+        for pc in self.pcs:
+            counts[pc.connectionState] = counts.get(pc.connectionState, 0) + 1
+        return counts
 
     async def close(self) -> None:
         for recorder in self.recorders:
@@ -492,7 +515,7 @@ def run(mode: str, calls: int, seconds: float, loops: dict[str, list[bytes]], pr
     ratios = [r["got"] / r["expected"] for r in reports]
     latency = [x for r in reports for x in r["latency"]]
     return {
-        "mode": mode + ("+uvloop" if use_uvloop else ""), "calls": calls,
+        "mode": mode + ("+uvloop" if use_uvloop else ""), "calls": calls, "states": after["states"],
         "cpu_per_call_pct": 100 * (after["cpu"] - before["cpu"]) / seconds / calls,
         "cpu_total_pct": 100 * (after["cpu"] - before["cpu"]) / seconds,
         "client_cpu_pct": 100 * client_cpu / seconds,
@@ -512,10 +535,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15.0, help="measurement window per run")
     parser.add_argument("--client-processes", type=int, default=2)
     parser.add_argument("--uvloop", action="store_true", help="run the servers on uvloop (pip install uvloop)")
+    parser.add_argument("--no-record", action="store_true", help="passthrough with a no-op sink instead of the recorder")
     args = parser.parse_args()
     loops = encode_loops()
     rows = []
-    plan = [("passthrough", int(k)) for k in args.calls.split(",") if k]
+    plan = [("passthrough-norec" if args.no_record else "passthrough", int(k)) for k in args.calls.split(",") if k]
     plan += [("stock", int(k)) for k in args.baseline_calls.split(",") if k]
     header = (f"{'server':<20}{'K':>4}{'cpu/call':>10}{'cpu tot':>9}{'rss/call':>10}{'fps worst':>10}"
               f"{'fps mean':>9}{'loss':>7}{'lag p99':>9}{'setup p50':>10}{'p95':>7}{'hop p50':>9}{'p95':>8}"
