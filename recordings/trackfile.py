@@ -107,11 +107,6 @@ class TrackFile:
         except Exception:  # noqa: BLE001 - the disk already failed; the caller has reported it
             pass
 
-    @property
-    def duration_units(self) -> int:
-        """Media time written or held so far, in ``clock_rate`` units."""
-        return self._last_pts
-
 
 def vp8_keyframe_size(data: bytes) -> tuple[int, int] | None:
     """Width and height from a VP8 keyframe header (RFC 6386 §9.1), or None for an interframe."""
@@ -119,11 +114,6 @@ def vp8_keyframe_size(data: bytes) -> tuple[int, int] | None:
         return None
     width, height = struct.unpack_from("<HH", data, 6)
     return width & 0x3FFF, height & 0x3FFF
-
-
-def vp8_is_keyframe(data: bytes) -> bool:
-    """True if ``data`` is a VP8 keyframe (frame type bit 0 and the start code present)."""
-    return vp8_keyframe_size(data) is not None
 
 
 # Frame sizes in 48 kHz samples by TOC configuration (RFC 6716 §3.1).
