@@ -222,7 +222,9 @@ async def known_counties(session: AsyncSession) -> list[str]:
     return sorted(counties)
 
 
-async def _scope(session: AsyncSession, data: UserInput) -> tuple[Outlet | None, str | None, list[Department]]:
+async def _scope(
+    session: AsyncSession, data: UserInput
+) -> tuple[Outlet | None, str | None, list[Department]]:
     """Resolve the outlet, county and departments a role needs; raise :class:`FieldErrors`."""
     if data.role is Role.OUTLET_STAFF:
         if not data.outlet:
@@ -283,7 +285,9 @@ async def create_user(session: AsyncSession, data: UserInput, password_hash: str
     return user
 
 
-async def update_user(session: AsyncSession, user_id: int, data: UserInput, *, actor_id: int | None = None) -> User:
+async def update_user(
+    session: AsyncSession, user_id: int, data: UserInput, *, actor_id: int | None = None
+) -> User:
     """Change a user's name, role, scope and enabled flag (not the username).
 
     Raises :class:`NotFound`, :class:`FieldErrors`, and :class:`Conflict` when an admin would
@@ -306,7 +310,9 @@ async def update_user(session: AsyncSession, user_id: int, data: UserInput, *, a
 
 async def find_user(session: AsyncSession, username: str) -> User:
     user = await session.scalar(
-        select(User).where(User.username == username).options(selectinload(User.departments), selectinload(User.outlet))
+        select(User)
+        .where(User.username == username)
+        .options(selectinload(User.departments), selectinload(User.outlet))
     )
     if user is None:
         raise NotFound(f"no user is called {username!r}")
@@ -320,7 +326,9 @@ async def set_password(session: AsyncSession, user_id: int, password_hash: str) 
     return user
 
 
-async def set_enabled(session: AsyncSession, user_id: int, enabled: bool, *, actor_id: int | None = None) -> User:
+async def set_enabled(
+    session: AsyncSession, user_id: int, enabled: bool, *, actor_id: int | None = None
+) -> User:
     user = await get_user(session, user_id)
     if actor_id == user.id and not enabled:
         raise Conflict("不能停用自己的账号")
@@ -343,7 +351,9 @@ async def get_department(session: AsyncSession, department_id: int) -> Departmen
     return department
 
 
-async def _code_taken(session: AsyncSession, model: type[Outlet] | type[Department], code: str, own_id: int | None) -> bool:
+async def _code_taken(
+    session: AsyncSession, model: type[Outlet] | type[Department], code: str, own_id: int | None
+) -> bool:
     query = select(model.id).where(model.code == code)
     found = await session.scalar(query)
     return found is not None and found != own_id
@@ -366,14 +376,19 @@ async def save_outlet(session: AsyncSession, data: OutletInput, outlet_id: int |
     return outlet
 
 
-async def save_department(session: AsyncSession, data: DepartmentInput, department_id: int | None = None) -> Department:
+async def save_department(
+    session: AsyncSession, data: DepartmentInput, department_id: int | None = None
+) -> Department:
     """Create (``department_id`` None) or update a department; raise :class:`FieldErrors` or :class:`NotFound`."""
     if await _code_taken(session, Department, data.code, department_id):
         raise FieldErrors({"code": f"编码 {data.code!r} 已被其他窗口使用"})
     department = Department() if department_id is None else await get_department(session, department_id)
     if department_id is not None and department.county != data.county:
         has_agents = await session.scalar(
-            select(func.count()).select_from(User).join(User.departments).where(Department.id == department.id)
+            select(func.count())
+            .select_from(User)
+            .join(User.departments)
+            .where(Department.id == department.id)
         )
         if has_agents:
             raise FieldErrors({"county": "该窗口还有坐席，请先调整坐席再修改区县"})

@@ -25,8 +25,12 @@ from cloudhall.http import principal, requires
 from cloudhall.identities import ROLE_LABELS, Department, Outlet, Role, User, get_user
 
 ADMIN_LABEL = ROLE_LABELS[Role.ADMIN]
-SAVED_MESSAGES = {"user": "用户已保存", "password": "密码已重置，该用户需重新登录", "outlet": "便民服务站已保存",
-                  "department": "窗口（部门）已保存"}
+SAVED_MESSAGES = {
+    "user": "用户已保存",
+    "password": "密码已重置，该用户需重新登录",
+    "outlet": "便民服务站已保存",
+    "department": "窗口（部门）已保存",
+}
 
 
 def _render(request: web.Request, template: str, context: dict[str, Any], status: int = 200) -> web.Response:
@@ -52,17 +56,26 @@ async def admin_home(request: web.Request) -> web.Response:
     async with request.app[appkeys.DATABASE].transaction() as session:
         users = list(
             await session.scalars(
-                select(User).options(selectinload(User.departments), selectinload(User.outlet)).order_by(User.role, User.username)
+                select(User)
+                .options(selectinload(User.departments), selectinload(User.outlet))
+                .order_by(User.role, User.username)
             )
         )
         outlets = list(await session.scalars(select(Outlet).order_by(Outlet.county, Outlet.code)))
-        departments = list(await session.scalars(select(Department).order_by(Department.county, Department.code)))
+        departments = list(
+            await session.scalars(select(Department).order_by(Department.county, Department.code))
+        )
     saved = SAVED_MESSAGES.get(request.query.get("saved", ""))
     return _render(
         request,
         "admin/home.html",
-        {"users": users, "outlets": outlets, "departments": departments, "saved": saved,
-         "hours_text": accounts.format_hours_text},
+        {
+            "users": users,
+            "outlets": outlets,
+            "departments": departments,
+            "saved": saved,
+            "hours_text": accounts.format_hours_text,
+        },
     )
 
 
@@ -72,7 +85,9 @@ async def admin_home(request: web.Request) -> web.Response:
 async def _user_choices(request: web.Request) -> dict[str, Any]:
     async with request.app[appkeys.DATABASE].transaction() as session:
         outlets = list(await session.scalars(select(Outlet).order_by(Outlet.county, Outlet.code)))
-        departments = list(await session.scalars(select(Department).order_by(Department.county, Department.code)))
+        departments = list(
+            await session.scalars(select(Department).order_by(Department.county, Department.code))
+        )
         counties = await accounts.known_counties(session)
     return {"outlets": outlets, "departments": departments, "counties": counties}
 
@@ -114,10 +129,20 @@ def _new_password(form: MultiDictProxy[Any]) -> str:
 
 @requires(Role.ADMIN)
 async def user_new_form(request: web.Request) -> web.Response:
-    values = {"username": "", "display_name": "", "role": Role.OUTLET_STAFF.value, "outlet": "", "county": "",
-              "departments": [], "enabled": True}
-    return _render(request, "admin/user_form.html", {"user": None, "values": values, "errors": {},
-                                                     **await _user_choices(request)})
+    values = {
+        "username": "",
+        "display_name": "",
+        "role": Role.OUTLET_STAFF.value,
+        "outlet": "",
+        "county": "",
+        "departments": [],
+        "enabled": True,
+    }
+    return _render(
+        request,
+        "admin/user_form.html",
+        {"user": None, "values": values, "errors": {}, **await _user_choices(request)},
+    )
 
 
 @requires(Role.ADMIN)
@@ -136,8 +161,12 @@ async def user_create(request: web.Request) -> web.StreamResponse:
             _new_password(form)
         except accounts.FieldErrors as more:
             errors = {**more.fields, **errors}
-        return _render(request, "admin/user_form.html", {"user": None, "values": values, "errors": errors,
-                                                         **await _user_choices(request)}, status=400)
+        return _render(
+            request,
+            "admin/user_form.html",
+            {"user": None, "values": values, "errors": errors, **await _user_choices(request)},
+            status=400,
+        )
     raise web.HTTPSeeOther(f"/admin/users/{user.id}?saved=user")
 
 
@@ -145,10 +174,17 @@ async def user_create(request: web.Request) -> web.StreamResponse:
 async def user_edit_form(request: web.Request) -> web.Response:
     async with request.app[appkeys.DATABASE].transaction() as session:
         user = await get_user(session, _path_id(request))
-    return _render(request, "admin/user_form.html", {
-        "user": user, "values": _user_values(user), "errors": {},
-        "saved": SAVED_MESSAGES.get(request.query.get("saved", "")), **await _user_choices(request),
-    })
+    return _render(
+        request,
+        "admin/user_form.html",
+        {
+            "user": user,
+            "values": _user_values(user),
+            "errors": {},
+            "saved": SAVED_MESSAGES.get(request.query.get("saved", "")),
+            **await _user_choices(request),
+        },
+    )
 
 
 @requires(Role.ADMIN)
@@ -166,8 +202,12 @@ async def user_update(request: web.Request) -> web.StreamResponse:
             user = await accounts.update_user(session, user_id, data, actor_id=principal(request).user_id)
     except (accounts.FieldErrors, Conflict) as exc:
         errors = exc.fields if isinstance(exc, accounts.FieldErrors) else {"form": exc.message}
-        return _render(request, "admin/user_form.html", {"user": user, "values": values, "errors": errors,
-                                                         **await _user_choices(request)}, status=400)
+        return _render(
+            request,
+            "admin/user_form.html",
+            {"user": user, "values": values, "errors": errors, **await _user_choices(request)},
+            status=400,
+        )
     if was_enabled and not user.enabled:
         await request.app[appkeys.AUTH].logout_user(user_id)
     raise web.HTTPSeeOther(f"/admin/users/{user_id}?saved=user")
@@ -185,9 +225,17 @@ async def user_password(request: web.Request) -> web.StreamResponse:
     except accounts.FieldErrors as exc:
         async with db.transaction() as session:
             user = await get_user(session, user_id)
-        return _render(request, "admin/user_form.html", {"user": user, "values": _user_values(user),
-                                                         "errors": exc.fields, **await _user_choices(request)},
-                       status=400)
+        return _render(
+            request,
+            "admin/user_form.html",
+            {
+                "user": user,
+                "values": _user_values(user),
+                "errors": exc.fields,
+                **await _user_choices(request),
+            },
+            status=400,
+        )
     await request.app[appkeys.AUTH].logout_user(user_id)
     raise web.HTTPSeeOther(f"/admin/users/{user_id}?saved=password")
 
@@ -212,8 +260,16 @@ async def outlet_edit_form(request: web.Request) -> web.Response:
     async with request.app[appkeys.DATABASE].transaction() as session:
         outlet = await accounts.get_outlet(session, _path_id(request))
     values = {**{name: getattr(outlet, name) for name in OUTLET_FIELDS}, "enabled": outlet.enabled}
-    return _render(request, "admin/outlet_form.html", {"outlet": outlet, "values": values, "errors": {},
-                                                       "saved": SAVED_MESSAGES.get(request.query.get("saved", ""))})
+    return _render(
+        request,
+        "admin/outlet_form.html",
+        {
+            "outlet": outlet,
+            "values": values,
+            "errors": {},
+            "saved": SAVED_MESSAGES.get(request.query.get("saved", "")),
+        },
+    )
 
 
 @requires(Role.ADMIN)
@@ -225,8 +281,12 @@ async def outlet_save(request: web.Request) -> web.StreamResponse:
         async with request.app[appkeys.DATABASE].transaction() as session:
             outlet = await accounts.save_outlet(session, data, outlet_id)
     except accounts.FieldErrors as exc:
-        return _render(request, "admin/outlet_form.html", {"outlet": {"id": outlet_id} if outlet_id else None,
-                                                           "values": values, "errors": exc.fields}, status=400)
+        return _render(
+            request,
+            "admin/outlet_form.html",
+            {"outlet": {"id": outlet_id} if outlet_id else None, "values": values, "errors": exc.fields},
+            status=400,
+        )
     raise web.HTTPSeeOther(f"/admin/outlets/{outlet.id}?saved=outlet")
 
 
@@ -245,22 +305,39 @@ def _department_form_data(form: MultiDictProxy[Any]) -> dict[str, Any]:
 
 @requires(Role.ADMIN)
 async def department_new_form(request: web.Request) -> web.Response:
-    values = {"code": "", "name": "", "county": "", "enabled": True,
-              "working_hours": "tz Asia/Shanghai\nmon-fri 08:30-12:00 14:00-17:30"}
-    return _render(request, "admin/department_form.html", {"department": None, "values": values, "errors": {}})
+    values = {
+        "code": "",
+        "name": "",
+        "county": "",
+        "enabled": True,
+        "working_hours": "tz Asia/Shanghai\nmon-fri 08:30-12:00 14:00-17:30",
+    }
+    return _render(
+        request, "admin/department_form.html", {"department": None, "values": values, "errors": {}}
+    )
 
 
 @requires(Role.ADMIN)
 async def department_edit_form(request: web.Request) -> web.Response:
     async with request.app[appkeys.DATABASE].transaction() as session:
         department = await accounts.get_department(session, _path_id(request))
-    values = {"code": department.code, "name": department.name, "county": department.county,
-              "working_hours": accounts.format_hours_text(department.working_hours or {}),
-              "enabled": department.enabled}
-    return _render(request, "admin/department_form.html", {
-        "department": department, "values": values, "errors": {},
-        "saved": SAVED_MESSAGES.get(request.query.get("saved", "")),
-    })
+    values = {
+        "code": department.code,
+        "name": department.name,
+        "county": department.county,
+        "working_hours": accounts.format_hours_text(department.working_hours or {}),
+        "enabled": department.enabled,
+    }
+    return _render(
+        request,
+        "admin/department_form.html",
+        {
+            "department": department,
+            "values": values,
+            "errors": {},
+            "saved": SAVED_MESSAGES.get(request.query.get("saved", "")),
+        },
+    )
 
 
 @requires(Role.ADMIN)
@@ -272,9 +349,16 @@ async def department_save(request: web.Request) -> web.StreamResponse:
         async with request.app[appkeys.DATABASE].transaction() as session:
             department = await accounts.save_department(session, data, department_id)
     except accounts.FieldErrors as exc:
-        return _render(request, "admin/department_form.html", {
-            "department": {"id": department_id} if department_id else None, "values": values, "errors": exc.fields,
-        }, status=400)
+        return _render(
+            request,
+            "admin/department_form.html",
+            {
+                "department": {"id": department_id} if department_id else None,
+                "values": values,
+                "errors": exc.fields,
+            },
+            status=400,
+        )
     raise web.HTTPSeeOther(f"/admin/departments/{department.id}?saved=department")
 
 
@@ -285,9 +369,14 @@ async def department_save(request: web.Request) -> web.StreamResponse:
 async def catalog_list(request: web.Request) -> web.Response:
     async with request.app[appkeys.DATABASE].transaction() as session:
         departments = {d.id: d for d in await session.scalars(select(Department))}
-        items = list(await session.scalars(select(ServiceItem).order_by(ServiceItem.department_id, ServiceItem.code)))
-    return _render(request, "admin/catalog.html", {"items": items, "departments": departments,
-                                                   "form_labels": FORM_LABELS})
+        items = list(
+            await session.scalars(select(ServiceItem).order_by(ServiceItem.department_id, ServiceItem.code))
+        )
+    return _render(
+        request,
+        "admin/catalog.html",
+        {"items": items, "departments": departments, "form_labels": FORM_LABELS},
+    )
 
 
 def setup_routes(app: web.Application) -> None:

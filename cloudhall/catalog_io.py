@@ -180,7 +180,9 @@ def _error_column(loc: tuple[Any, ...]) -> str:
     return ".".join(parts) or "(row)"
 
 
-def _validate(raw_rows: list[tuple[int, dict[str, Any]]], errors: list[RowError]) -> list[tuple[int, CatalogRow]]:
+def _validate(
+    raw_rows: list[tuple[int, dict[str, Any]]], errors: list[RowError]
+) -> list[tuple[int, CatalogRow]]:
     rows: list[tuple[int, CatalogRow]] = []
     seen: dict[str, int] = {}
     for number, raw in raw_rows:
@@ -211,7 +213,9 @@ def parse_csv(text: str) -> tuple[list[tuple[int, dict[str, Any]]], list[RowErro
             errors.append(RowError(1, required, "missing from the header row"))
     for column in header:
         if column not in CSV_COLUMNS:
-            errors.append(RowError(1, column or "(empty)", f"unknown column (expected {', '.join(CSV_COLUMNS)})"))
+            errors.append(
+                RowError(1, column or "(empty)", f"unknown column (expected {', '.join(CSV_COLUMNS)})")
+            )
     if errors:
         return [], errors
     reader.fieldnames = header

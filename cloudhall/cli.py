@@ -38,14 +38,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("serve", help="run the web server (host and port from CLOUDHALL_HOST/PORT)")
 
-    db = commands.add_parser("db", help="database migrations").add_subparsers(dest="db_command", required=True)
+    db = commands.add_parser("db", help="database migrations").add_subparsers(
+        dest="db_command", required=True
+    )
     upgrade = db.add_parser("upgrade", help="apply every migration up to the newest (or --revision)")
     upgrade.add_argument("--revision", default="head")
     db.add_parser("current", help="print the database's migration revision")
 
     commands.add_parser("seed", help="create the demo county, accounts and catalog (idempotent)")
 
-    user = commands.add_parser("user", help="manage user accounts").add_subparsers(dest="user_command", required=True)
+    user = commands.add_parser("user", help="manage user accounts").add_subparsers(
+        dest="user_command", required=True
+    )
     add = user.add_parser("add", help="create a user")
     add.add_argument("username")
     add.add_argument("--role", required=True, choices=["outlet_staff", "agent", "supervisor", "admin"])
@@ -54,7 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--county", default="", help="county (supervisor; empty: the whole city)")
     add.add_argument("--department", action="append", default=[], help="department code (agent; repeatable)")
     _password_options(add)
-    for name, text in (("disable", "disable a user and end their sessions"), ("enable", "enable a user again")):
+    for name, text in (
+        ("disable", "disable a user and end their sessions"),
+        ("enable", "enable a user again"),
+    ):
         cmd = user.add_parser(name, help=text)
         cmd.add_argument("username")
     passwd = user.add_parser("passwd", help="set a user's password (ends their sessions)")
@@ -62,7 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     _password_options(passwd)
     user.add_parser("list", help="list users")
 
-    outlet = commands.add_parser("outlet", help="manage outlets").add_subparsers(dest="outlet_command", required=True)
+    outlet = commands.add_parser("outlet", help="manage outlets").add_subparsers(
+        dest="outlet_command", required=True
+    )
     oadd = outlet.add_parser("add", help="create an outlet (village service point)")
     oadd.add_argument("code")
     oadd.add_argument("--name", required=True)
@@ -117,7 +126,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CloudHallError as exc:
         print(f"cloudhall: {exc.message}", file=sys.stderr)
         for problem in (exc.details or {}).get("errors", []) if isinstance(exc.details, dict) else []:
-            print(f"  row {problem['row']}, column {problem['column']}: {problem['message']}", file=sys.stderr)
+            print(
+                f"  row {problem['row']}, column {problem['column']}: {problem['message']}", file=sys.stderr
+            )
         return 1
 
 
@@ -138,7 +149,12 @@ def serve(settings: Settings) -> int:
         print(f"cloudhall: {problem}", file=sys.stderr)
         return 2
     http = settings.http
-    log.info("Cloud Hall listening on http://%s:%d/ (database %s)", http.host, http.port, _redacted(settings.database.url))
+    log.info(
+        "Cloud Hall listening on http://%s:%d/ (database %s)",
+        http.host,
+        http.port,
+        _redacted(settings.database.url),
+    )
     web.run_app(create_app(settings), host=http.host, port=http.port, print=None, access_log=None)
     return 0
 
@@ -167,7 +183,9 @@ async def _schema_problem(url: str) -> str | None:
     finally:
         await engine.dispose()
     if current != head:
-        return f"the database is at migration {current or 'none'}, not {head}: run `cloudhall db upgrade` first"
+        return (
+            f"the database is at migration {current or 'none'}, not {head}: run `cloudhall db upgrade` first"
+        )
     return None
 
 
@@ -268,14 +286,18 @@ def cmd_user(settings: Settings, args: argparse.Namespace) -> int:
 
         async with db.transaction() as session:
             users = await session.scalars(
-                select(User).options(selectinload(User.outlet), selectinload(User.departments)).order_by(User.username)
+                select(User)
+                .options(selectinload(User.outlet), selectinload(User.departments))
+                .order_by(User.username)
             )
             lines = []
             for u in users:
                 scope = u.outlet.code if u.outlet else (u.county or "-")
                 depts = ",".join(d.code for d in u.departments)
                 state = "enabled" if u.enabled else "DISABLED"
-                lines.append(f"{u.username:<16} {u.role:<13} {scope:<10} {depts:<20} {state:<9} {u.display_name}")
+                lines.append(
+                    f"{u.username:<16} {u.role:<13} {scope:<10} {depts:<20} {state:<9} {u.display_name}"
+                )
         return "\n".join(lines)
 
     actions: dict[str, Callable[[Any], Awaitable[str]]] = {

@@ -108,22 +108,29 @@ async def seed_demo(db: Database) -> SeedReport:
         existing_users = set(await session.scalars(select(User.username)))
     # One hash per role that still needs accounts (hashing is slow on purpose); demo accounts only.
     missing_roles = sorted({s["role"] for s in _user_specs() if s["username"] not in existing_users}, key=str)
-    hashes = dict(
-        zip(missing_roles, await asyncio.gather(*(asyncio.to_thread(hash_password, DEMO_PASSWORDS[r]) for r in missing_roles)))
-    )
+    digests = await asyncio.gather(*(asyncio.to_thread(hash_password, DEMO_PASSWORDS[r]) for r in missing_roles))
+    hashes = dict(zip(missing_roles, digests, strict=True))
     async with db.transaction() as session:
         existing_depts = set(await session.scalars(select(Department.code)))
         for code, name, hours in DEPARTMENTS:
             if code not in existing_depts:
-                session.add(Department(code=code, name=name, county=COUNTY, working_hours=hours, enabled=True))
+                session.add(
+                    Department(code=code, name=name, county=COUNTY, working_hours=hours, enabled=True)
+                )
                 report.departments_created += 1
         existing_outlets = set(await session.scalars(select(Outlet.code)))
         for code, name, island, town, contact, phone, _staff, _staff_name in OUTLETS:
             if code not in existing_outlets:
                 session.add(
                     Outlet(
-                        code=code, name=name, island=island, town=town, county=COUNTY,
-                        contact_name=contact, contact_phone=phone, enabled=True,
+                        code=code,
+                        name=name,
+                        island=island,
+                        town=town,
+                        county=COUNTY,
+                        contact_name=contact,
+                        contact_phone=phone,
+                        enabled=True,
                     )
                 )
                 report.outlets_created += 1

@@ -29,10 +29,18 @@ async def world_db(database: Database) -> Database:
 
 async def test_each_role_gets_its_scope(world_db: Database) -> None:
     async with world_db.transaction() as session:
-        staff = await accounts.create_user(session, user_input(username="s1", role="outlet_staff", outlet="W1", departments=[]), HASH)
-        agent = await accounts.create_user(session, user_input(username="a1", departments=["SOC", "MED"]), HASH)
-        sup = await accounts.create_user(session, user_input(username="c1", role="supervisor", county="西岛县", departments=[]), HASH)
-        city = await accounts.create_user(session, user_input(username="d1", role="supervisor", departments=[]), HASH)
+        staff = await accounts.create_user(
+            session, user_input(username="s1", role="outlet_staff", outlet="W1", departments=[]), HASH
+        )
+        agent = await accounts.create_user(
+            session, user_input(username="a1", departments=["SOC", "MED"]), HASH
+        )
+        sup = await accounts.create_user(
+            session, user_input(username="c1", role="supervisor", county="西岛县", departments=[]), HASH
+        )
+        city = await accounts.create_user(
+            session, user_input(username="d1", role="supervisor", departments=[]), HASH
+        )
     async with world_db.transaction() as session:
         staff, agent = await get_user(session, staff.id), await get_user(session, agent.id)
     assert staff.county == "西岛县" and staff.outlet and staff.outlet.code == "W1"
@@ -70,7 +78,9 @@ async def test_an_admin_cannot_lock_themselves_out(world_db: Database) -> None:
         admin = await accounts.find_user(session, "admin")
         with pytest.raises(Conflict):
             await accounts.update_user(
-                session, admin.id, user_input(username="admin", role="admin", departments=[], enabled=False),
+                session,
+                admin.id,
+                user_input(username="admin", role="admin", departments=[], enabled=False),
                 actor_id=admin.id,
             )
         with pytest.raises(Conflict):
@@ -80,10 +90,18 @@ async def test_an_admin_cannot_lock_themselves_out(world_db: Database) -> None:
 async def test_outlets_and_departments_save_and_codes_stay_unique(world_db: Database) -> None:
     outlet = accounts.parse_input(
         accounts.OutletInput,
-        {"code": "O9", "name": "新站", "island": "新岛", "town": "新镇", "county": "东岛县", "contact_phone": "0580-1"},
+        {
+            "code": "O9",
+            "name": "新站",
+            "island": "新岛",
+            "town": "新镇",
+            "county": "东岛县",
+            "contact_phone": "0580-1",
+        },
     )
     dept = accounts.parse_input(
-        accounts.DepartmentInput, {"code": "DPF", "name": "残联窗口", "county": "东岛县", "working_hours": "mon-fri 08:30-17:00"}
+        accounts.DepartmentInput,
+        {"code": "DPF", "name": "残联窗口", "county": "东岛县", "working_hours": "mon-fri 08:30-17:00"},
     )
     async with world_db.transaction() as session:
         saved = await accounts.save_outlet(session, outlet)

@@ -55,7 +55,12 @@ async def test_a_bad_file_changes_nothing_and_names_row_and_column(
 ) -> None:
     before = await snapshot(world_db)
     rows = [
-        {"code": "SI-001", "name": "改名", "department": "SOC", "materials": []},  # valid: must not be applied
+        {
+            "code": "SI-001",
+            "name": "改名",
+            "department": "SOC",
+            "materials": [],
+        },  # valid: must not be applied
         {"code": "NEW-1", "name": "新事项", "department": "NOPE", "materials": []},
         {"code": "NEW-2", "name": "", "department": "SOC", "materials": [{"name": "身份证", "form": "scan"}]},
     ]
@@ -65,10 +70,7 @@ async def test_a_bad_file_changes_nothing_and_names_row_and_column(
         expected = {(2, "department"), (3, "name"), (3, "materials[1].form")}
     else:
         path.write_text(
-            "code,name,department,materials\n"
-            "SI-001,改名,SOC,\n"
-            "NEW-1,新事项,NOPE,\n"
-            "NEW-2,,SOC,身份证|scan\n",
+            "code,name,department,materials\nSI-001,改名,SOC,\nNEW-1,新事项,NOPE,\nNEW-2,,SOC,身份证|scan\n",
             encoding="utf-8",
         )
         expected = {(3, "department"), (4, "name"), (4, "materials[1].form")}

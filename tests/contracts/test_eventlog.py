@@ -37,7 +37,12 @@ async def chain(database: Database) -> str:
         await session.flush()
         for n, kind in enumerate(KINDS):
             await append_event(
-                session, session_id, kind, "user:1", {"n": n, "text": "您好，材料已收到"}, at=start + timedelta(seconds=n)
+                session,
+                session_id,
+                kind,
+                "user:1",
+                {"n": n, "text": "您好，材料已收到"},
+                at=start + timedelta(seconds=n),
             )
     return session_id
 
@@ -68,7 +73,9 @@ async def test_an_edited_entry_is_found(database: Database, chain: str) -> None:
 async def test_an_edited_time_or_actor_is_found(database: Database, chain: str) -> None:
     async with database.transaction() as session:
         await session.execute(
-            update(SessionEvent).where(SessionEvent.session_id == chain, SessionEvent.seq == 2).values(actor="user:99")
+            update(SessionEvent)
+            .where(SessionEvent.session_id == chain, SessionEvent.seq == 2)
+            .values(actor="user:99")
         )
     assert not (await report(database, chain)).ok
 
@@ -76,7 +83,9 @@ async def test_an_edited_time_or_actor_is_found(database: Database, chain: str) 
 @pytest.mark.parametrize("seq", [3, 5], ids=["middle", "last"])
 async def test_a_deleted_entry_is_found(database: Database, chain: str, seq: int) -> None:
     async with database.transaction() as session:
-        await session.execute(delete(SessionEvent).where(SessionEvent.session_id == chain, SessionEvent.seq == seq))
+        await session.execute(
+            delete(SessionEvent).where(SessionEvent.session_id == chain, SessionEvent.seq == seq)
+        )
     result = await report(database, chain)
     assert not result.ok
     assert result.count == len(KINDS) - 1
@@ -84,7 +93,9 @@ async def test_a_deleted_entry_is_found(database: Database, chain: str, seq: int
 
 async def test_deleting_the_last_entry_and_fixing_the_count_is_found(database: Database, chain: str) -> None:
     async with database.transaction() as session:
-        await session.execute(delete(SessionEvent).where(SessionEvent.session_id == chain, SessionEvent.seq == 5))
+        await session.execute(
+            delete(SessionEvent).where(SessionEvent.session_id == chain, SessionEvent.seq == 5)
+        )
         await session.execute(update(CallSession).where(CallSession.id == chain).values(event_count=4))
     result = await report(database, chain)
     assert not result.ok
@@ -106,8 +117,14 @@ async def test_an_inserted_entry_is_found(database: Database, chain: str) -> Non
         second = next(e for e in events if e.seq == 2)
         session.add(
             SessionEvent(
-                session_id=chain, seq=3, at=second.at, kind="call:note", actor="user:1",
-                data={"forged": True}, prev_hash=second.hash, hash="f" * 64,
+                session_id=chain,
+                seq=3,
+                at=second.at,
+                kind="call:note",
+                actor="user:1",
+                data={"forged": True},
+                prev_hash=second.hash,
+                hash="f" * 64,
             )
         )
         await session.execute(update(CallSession).where(CallSession.id == chain).values(event_count=6))

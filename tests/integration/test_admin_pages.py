@@ -64,9 +64,16 @@ async def test_create_user_then_log_in_as_them(client: TestClient, world: World)
     response = await client.post(
         "/admin/users/new",
         data=[
-            ("csrf_token", token), ("username", "agent9"), ("display_name", "新坐席"), ("role", "agent"),
-            ("departments", "SOC"), ("departments", "CIV"), ("outlet", "O1"),  # outlet ignored for agents
-            ("password", "a-long-password"), ("password_confirm", "a-long-password"), ("enabled", "on"),
+            ("csrf_token", token),
+            ("username", "agent9"),
+            ("display_name", "新坐席"),
+            ("role", "agent"),
+            ("departments", "SOC"),
+            ("departments", "CIV"),
+            ("outlet", "O1"),  # outlet ignored for agents
+            ("password", "a-long-password"),
+            ("password_confirm", "a-long-password"),
+            ("enabled", "on"),
         ],
         allow_redirects=False,
     )
@@ -82,8 +89,14 @@ async def test_validation_errors_are_shown_on_the_form(client: TestClient, world
     token = await admin_client(client)
     response = await client.post(
         "/admin/users/new",
-        data={"csrf_token": token, "username": "bad name", "display_name": "", "role": "agent",
-              "password": "short", "password_confirm": "other"},
+        data={
+            "csrf_token": token,
+            "username": "bad name",
+            "display_name": "",
+            "role": "agent",
+            "password": "short",
+            "password_confirm": "other",
+        },
     )
     assert response.status == 400
     html = await response.text()
@@ -93,8 +106,14 @@ async def test_validation_errors_are_shown_on_the_form(client: TestClient, world
 
     response = await client.post(
         f"/admin/departments/{world.departments['SOC'].id}",
-        data={"csrf_token": token, "code": "SOC", "name": "社保窗口", "county": "东岛县",
-              "working_hours": "mon-fri 8:30-12:00", "enabled": "on"},
+        data={
+            "csrf_token": token,
+            "code": "SOC",
+            "name": "社保窗口",
+            "county": "东岛县",
+            "working_hours": "mon-fri 8:30-12:00",
+            "enabled": "on",
+        },
     )
     assert response.status == 400
     assert "8:30-12:00" in field_errors(await response.text())["working_hours"]
@@ -147,8 +166,11 @@ async def test_reset_password_ends_sessions_and_sets_the_new_one(
     victim.session.cookie_jar.clear()
     page = await victim.get("/login")
     token2 = re.search(r'name="csrf_token" value="([^"]+)"', await page.text()).group(1)  # type: ignore[union-attr]
-    old = await victim.post("/login", data={"username": "staff2", "password": PASSWORD, "csrf_token": token2},
-                            allow_redirects=False)
+    old = await victim.post(
+        "/login",
+        data={"username": "staff2", "password": PASSWORD, "csrf_token": token2},
+        allow_redirects=False,
+    )
     assert old.status == 401
 
 
@@ -168,8 +190,17 @@ async def test_create_and_edit_outlets_and_departments(
     token = await admin_client(client)
     created = await client.post(
         "/admin/outlets/new",
-        data={"csrf_token": token, "code": "O7", "name": "南湾村便民服务站", "island": "南湾岛", "town": "南湾乡",
-              "county": "东岛县", "contact_name": "钱", "contact_phone": "0580-123", "enabled": "on"},
+        data={
+            "csrf_token": token,
+            "code": "O7",
+            "name": "南湾村便民服务站",
+            "island": "南湾岛",
+            "town": "南湾乡",
+            "county": "东岛县",
+            "contact_name": "钱",
+            "contact_phone": "0580-123",
+            "enabled": "on",
+        },
         allow_redirects=False,
     )
     assert created.status == 303
@@ -180,8 +211,14 @@ async def test_create_and_edit_outlets_and_departments(
     assert duplicate.status == 400 and "code" in field_errors(await duplicate.text())
     dept = await client.post(
         "/admin/departments/new",
-        data={"csrf_token": token, "code": "DPF", "name": "残联窗口", "county": "东岛县",
-              "working_hours": "tz Asia/Shanghai\nmon-fri 08:30-12:00 14:00-17:30\nsat 09:00-11:30", "enabled": "on"},
+        data={
+            "csrf_token": token,
+            "code": "DPF",
+            "name": "残联窗口",
+            "county": "东岛县",
+            "working_hours": "tz Asia/Shanghai\nmon-fri 08:30-12:00 14:00-17:30\nsat 09:00-11:30",
+            "enabled": "on",
+        },
         allow_redirects=False,
     )
     assert dept.status == 303
@@ -200,24 +237,51 @@ async def test_names_are_escaped_on_the_pages(client: TestClient, world: World) 
     evil = '<script>alert("x")</script>'
     created = await client.post(
         "/admin/outlets/new",
-        data={"csrf_token": token, "code": "O8", "name": evil, "island": "岛", "town": "镇", "county": "东岛县",
-              "enabled": "on"},
+        data={
+            "csrf_token": token,
+            "code": "O8",
+            "name": evil,
+            "island": "岛",
+            "town": "镇",
+            "county": "东岛县",
+            "enabled": "on",
+        },
         allow_redirects=False,
     )
     assert created.status == 303
     for path in ("/admin", created.headers["Location"]):
         html = await (await client.get(path)).text()
         assert evil not in html and "&lt;script&gt;" in html, path
-    assert "不能为空" in field_errors(await (await client.post(
-        "/admin/outlets/new", data={"csrf_token": token, "code": "O9", "name": "", "island": "岛", "town": "镇",
-                                     "county": "东岛县"})).text())["name"]
+    assert (
+        "不能为空"
+        in field_errors(
+            await (
+                await client.post(
+                    "/admin/outlets/new",
+                    data={
+                        "csrf_token": token,
+                        "code": "O9",
+                        "name": "",
+                        "island": "岛",
+                        "town": "镇",
+                        "county": "东岛县",
+                    },
+                )
+            ).text()
+        )["name"]
+    )
 
 
 async def test_pages_render_in_every_language(client: TestClient, world: World) -> None:
     await admin_client(client)
     for language in ("zh-CN", "en"):
-        for path in ("/admin", "/admin/users/new", f"/admin/users/{world.users['agent1'].id}",
-                     f"/admin/outlets/{world.outlets['O1'].id}", f"/admin/departments/{world.departments['SOC'].id}",
-                     "/admin/catalog"):
+        for path in (
+            "/admin",
+            "/admin/users/new",
+            f"/admin/users/{world.users['agent1'].id}",
+            f"/admin/outlets/{world.outlets['O1'].id}",
+            f"/admin/departments/{world.departments['SOC'].id}",
+            "/admin/catalog",
+        ):
             page = await client.get(path, headers={"Accept-Language": language})
             assert page.status == 200, (language, path)

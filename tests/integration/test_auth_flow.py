@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import re
-from datetime import timedelta
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -29,7 +29,9 @@ async def login_token(client: TestClient) -> str:
 async def try_login(client: TestClient, username: str, password: str):  # noqa: ANN201
     token = await login_token(client)
     return await client.post(
-        "/login", data={"username": username, "password": password, "csrf_token": token}, allow_redirects=False
+        "/login",
+        data={"username": username, "password": password, "csrf_token": token},
+        allow_redirects=False,
     )
 
 
@@ -46,7 +48,9 @@ async def test_each_role_lands_on_its_home(client: TestClient, username: str) ->
     assert me["username"] == username and me["home"] == HOMES[username]
 
 
-async def test_secure_cookies_behind_tls(aiohttp_client, sqlite_database: Database, world, tmp_path: Path) -> None:
+async def test_secure_cookies_behind_tls(
+    aiohttp_client, sqlite_database: Database, world, tmp_path: Path
+) -> None:
     base = make_settings(tmp_path, sqlite_database.url)
     settings = replace(base, http=replace(base.http, cookie_secure=True))
     client = await aiohttp_client(create_app(settings, database=sqlite_database))
@@ -139,7 +143,9 @@ async def test_csrf_rejected_on_forms(client: TestClient, token: str | None) -> 
 
 
 async def test_csrf_rejected_on_the_anonymous_login_form(client: TestClient) -> None:
-    response = await client.post("/login", data={"username": "staff1", "password": PASSWORD}, allow_redirects=False)
+    response = await client.post(
+        "/login", data={"username": "staff1", "password": PASSWORD}, allow_redirects=False
+    )
     assert response.status == 403
 
 

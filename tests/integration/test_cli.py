@@ -21,8 +21,12 @@ def cli_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     return tmp_path
 
 
-def run(capsys: pytest.CaptureFixture[str], *argv: str, stdin: str | None = None,
-        monkeypatch: pytest.MonkeyPatch | None = None) -> tuple[int, str, str]:
+def run(
+    capsys: pytest.CaptureFixture[str],
+    *argv: str,
+    stdin: str | None = None,
+    monkeypatch: pytest.MonkeyPatch | None = None,
+) -> tuple[int, str, str]:
     if stdin is not None and monkeypatch is not None:
         monkeypatch.setattr("sys.stdin", io.StringIO(stdin))
     code = main(list(argv))
@@ -55,30 +59,148 @@ def test_accounts_and_catalog_from_the_command_line(cli_env: Path, monkeypatch, 
     code, out, _ = run(capsys, "seed")
     assert code == 0 and "password unchanged" in out
 
-    assert run(capsys, "outlet", "add", "DD-NW", "--name", "南湾村便民服务站", "--island", "南湾岛",
-               "--town", "南湾乡", "--county", "东岛县", "--contact-phone", "0580-1")[0] == 0
-    code, _, err = run(capsys, "department", "add", "TAX", "--name", "税务窗口", "--county", "东岛县",
-                       "--hours", "mon-fri 8-12")
+    assert (
+        run(
+            capsys,
+            "outlet",
+            "add",
+            "DD-NW",
+            "--name",
+            "南湾村便民服务站",
+            "--island",
+            "南湾岛",
+            "--town",
+            "南湾乡",
+            "--county",
+            "东岛县",
+            "--contact-phone",
+            "0580-1",
+        )[0]
+        == 0
+    )
+    code, _, err = run(
+        capsys,
+        "department",
+        "add",
+        "TAX",
+        "--name",
+        "税务窗口",
+        "--county",
+        "东岛县",
+        "--hours",
+        "mon-fri 8-12",
+    )
     assert code == 1 and "working_hours" in err
-    assert run(capsys, "department", "add", "TAX", "--name", "税务窗口", "--county", "东岛县",
-               "--hours", "tz Asia/Shanghai; mon-fri 08:30-17:00")[0] == 0
+    assert (
+        run(
+            capsys,
+            "department",
+            "add",
+            "TAX",
+            "--name",
+            "税务窗口",
+            "--county",
+            "东岛县",
+            "--hours",
+            "tz Asia/Shanghai; mon-fri 08:30-17:00",
+        )[0]
+        == 0
+    )
 
-    code, out, _ = run(capsys, "user", "add", "nw_staff", "--role", "outlet_staff", "--name", "钱",
-                       "--outlet", "DD-NW", "--password-stdin", stdin="first-password\n", monkeypatch=monkeypatch)
+    code, out, _ = run(
+        capsys,
+        "user",
+        "add",
+        "nw_staff",
+        "--role",
+        "outlet_staff",
+        "--name",
+        "钱",
+        "--outlet",
+        "DD-NW",
+        "--password-stdin",
+        stdin="first-password\n",
+        monkeypatch=monkeypatch,
+    )
     assert code == 0 and "nw_staff" in out
-    code, _, err = run(capsys, "user", "add", "tax_agent", "--role", "agent", "--name", "孙",
-                       "--department", "TAX", "--department", "NOPE", "--password", "x-long-password")
+    code, _, err = run(
+        capsys,
+        "user",
+        "add",
+        "tax_agent",
+        "--role",
+        "agent",
+        "--name",
+        "孙",
+        "--department",
+        "TAX",
+        "--department",
+        "NOPE",
+        "--password",
+        "x-long-password",
+    )
     assert code == 1 and "NOPE" in err
-    code, _, err = run(capsys, "user", "add", "tax_agent", "--role", "agent", "--name", "孙",
-                       "--department", "TAX", "--password", "short")
+    code, _, err = run(
+        capsys,
+        "user",
+        "add",
+        "tax_agent",
+        "--role",
+        "agent",
+        "--name",
+        "孙",
+        "--department",
+        "TAX",
+        "--password",
+        "short",
+    )
     assert code == 1 and "password" in err
-    code, _, err = run(capsys, "user", "add", "tax_agent", "--role", "agent", "--name", "孙",
-                       "--department", "TAX", stdin="", monkeypatch=monkeypatch)
+    code, _, err = run(
+        capsys,
+        "user",
+        "add",
+        "tax_agent",
+        "--role",
+        "agent",
+        "--name",
+        "孙",
+        "--department",
+        "TAX",
+        stdin="",
+        monkeypatch=monkeypatch,
+    )
     assert code == 2 and "--password-stdin" in err
-    assert run(capsys, "user", "add", "tax_agent", "--role", "agent", "--name", "孙", "--department", "TAX",
-               "--department", "SOC", "--password", "x-long-password")[0] == 0
-    assert run(capsys, "user", "passwd", "nw_staff", "--password-stdin", stdin="second-password\n",
-               monkeypatch=monkeypatch)[0] == 0
+    assert (
+        run(
+            capsys,
+            "user",
+            "add",
+            "tax_agent",
+            "--role",
+            "agent",
+            "--name",
+            "孙",
+            "--department",
+            "TAX",
+            "--department",
+            "SOC",
+            "--password",
+            "x-long-password",
+        )[0]
+        == 0
+    )
+    assert (
+        run(
+            capsys,
+            "user",
+            "passwd",
+            "nw_staff",
+            "--password-stdin",
+            stdin="second-password\n",
+            monkeypatch=monkeypatch,
+        )[0]
+        == 0
+    )
     assert run(capsys, "user", "disable", "tax_agent")[0] == 0
     code, _, err = run(capsys, "user", "disable", "nobody")
     assert code == 1 and "nobody" in err

@@ -25,7 +25,12 @@ from tests.conftest import login
 from tests.factories import World
 
 # One user of each role, all in 东岛县; the session below belongs to their outlet O1.
-USER_OF_ROLE = {Role.OUTLET_STAFF: "staff1", Role.AGENT: "agent1", Role.SUPERVISOR: "super1", Role.ADMIN: "admin"}
+USER_OF_ROLE = {
+    Role.OUTLET_STAFF: "staff1",
+    Role.AGENT: "agent1",
+    Role.SUPERVISOR: "super1",
+    Role.ADMIN: "admin",
+}
 # Who must NOT reach O1's session: another outlet of the same county, and the other county.
 OUT_OF_SCOPE = {
     Role.OUTLET_STAFF: ["staff2", "wstaff"],
@@ -35,7 +40,9 @@ OUT_OF_SCOPE = {
 IN_SCOPE = {Role.OUTLET_STAFF: ["staff1"], Role.SUPERVISOR: ["super1", "citysuper"], Role.ADMIN: ["admin"]}
 # A body that passes a route's payload validation, for handlers that validate before the
 # scope check (so the scope grid really reaches the scope check). Default: {}.
-SAMPLE_BODIES: dict[str, dict[str, object]] = {"/api/sessions/{session_id}/rating": {"level": 5, "comment": ""}}
+SAMPLE_BODIES: dict[str, dict[str, object]] = {
+    "/api/sessions/{session_id}/rating": {"level": 5, "comment": ""}
+}
 SESSION_ID = str(uuid.UUID(int=0x0123456789ABCDEF))
 
 
@@ -135,7 +142,9 @@ async def test_anonymous(client: TestClient, world: World, owned_session: str) -
                 failures.append(f"{case.method} {url}: public route answered {status}")
         elif case.method == "GET" and not case.is_api:
             if status != 302 or not unquote(location).startswith("/login?next=" + url):
-                failures.append(f"{case.method} {url}: expected a redirect to /login, got {status} {location}")
+                failures.append(
+                    f"{case.method} {url}: expected a redirect to /login, got {status} {location}"
+                )
         elif status != 401:
             failures.append(f"{case.method} {url}: expected 401, got {status}")
     assert not failures, "\n".join(failures)

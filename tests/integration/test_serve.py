@@ -14,12 +14,17 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from cloudhall.seed import DEMO_PASSWORDS
 from cloudhall.identities import Role
+from cloudhall.seed import DEMO_PASSWORDS
 from tests.helpers import wait_for
 
 HOMES = {"baisha": "/outlet", "agent_soc": "/console", "supervisor": "/supervisor", "admin": "/admin"}
-ROLES = {"baisha": Role.OUTLET_STAFF, "agent_soc": Role.AGENT, "supervisor": Role.SUPERVISOR, "admin": Role.ADMIN}
+ROLES = {
+    "baisha": Role.OUTLET_STAFF,
+    "agent_soc": Role.AGENT,
+    "supervisor": Role.SUPERVISOR,
+    "admin": Role.ADMIN,
+}
 
 
 def free_port() -> int:
@@ -40,10 +45,14 @@ def server(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[str]]]:
     env.update(CLOUDHALL_DATA_DIR=str(tmp_path / "var"), CLOUDHALL_PORT=str(port), CLOUDHALL_LOG_LEVEL="INFO")
     script = console_script()
     for command in (["db", "upgrade"], ["seed"]):
-        done = subprocess.run([script, *command], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        done = subprocess.run(
+            [script, *command], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60
+        )
         assert done.returncode == 0, done.stderr
     log = open(tmp_path / "serve.log", "w+")  # noqa: SIM115 - closed below
-    process = subprocess.Popen([script, "serve"], env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(
+        [script, "serve"], env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, text=True
+    )
     try:
         yield f"http://127.0.0.1:{port}", process
     finally:

@@ -44,7 +44,7 @@ def test_csv_short_material_syntax_and_chinese_words() -> None:
     raw_rows, errors = parse_csv(text)
     rows, problems = validate(raw_rows)
     assert errors == [] and problems == []
-    (number, row), = rows
+    ((number, row),) = rows
     assert number == 2
     assert row.high_frequency is True and row.enabled is True
     assert [m.model_dump() for m in row.materials] == [
