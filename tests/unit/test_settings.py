@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -81,3 +82,14 @@ def test_a_bad_value_names_its_variable(tmp_path: Path, variable: str, value: st
     message = str(caught.value)
     assert expected in message
     assert "\n" not in message
+
+
+def test_every_setting_is_documented() -> None:
+    """docs/operations.md lists every variable that Settings.from_env reads."""
+    root = Path(__file__).resolve().parents[2]
+    source = (root / "cloudhall" / "settings.py").read_text("utf-8")
+    variables = set(re.findall(r'self\.get\(\s*"([A-Z_]+)"', source))
+    assert len(variables) >= 25
+    docs = (root / "docs" / "operations.md").read_text("utf-8")
+    missing = sorted(v for v in variables if f"`CLOUDHALL_{v}`" not in docs)
+    assert missing == [], f"add these to docs/operations.md: {missing}"
