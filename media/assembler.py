@@ -92,6 +92,17 @@ class FrameAssembler:
         self._pending[seq] = (timestamp, marker, frame_start, data, now)
         self._drain(now)
 
+    def push_padding(self, seq: int, now: float) -> None:
+        """A payload-less packet (padding for bandwidth probing): it takes a sequence number, no frame."""
+        if self.kind == "audio":
+            return
+        if self._next_seq is not None and not seq_newer_or_equal(seq, self._next_seq):
+            return
+        if self._next_seq is None and not self._pending:
+            return
+        self._pending[seq] = (-1, False, False, None, now)  # type: ignore[assignment]
+        self._drain(now)
+
     def _push_audio(self, seq: int, timestamp: int, data: bytes, now: float) -> None:
         if self._next_seq is not None and not seq_newer_or_equal(seq, self._next_seq):
             self.late_packets += 1
@@ -112,6 +123,11 @@ class FrameAssembler:
                     return
                 self._discard_before(start)
                 self._next_seq = start
+            while self._pending.get(self._next_seq, (0, 0, 0, b""))[3] is None:
+                self._pending.pop(self._next_seq)  # padding between frames
+                self._next_seq = (self._next_seq + 1) & 0xFFFF
+            if not self._pending:
+                return
             frame = self._collect(self._next_seq)
             if frame is not None:
                 self._blocked_since = None

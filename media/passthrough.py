@@ -155,6 +155,8 @@ class ReceiverTap:
                 packet.sequence_number, packet.timestamp, bool(packet.marker), start,
                 packet._data, now,
             )
+        else:  # padding only (bandwidth probing): it still takes a sequence number
+            self.assembler.push_padding(packet.sequence_number, asyncio.get_running_loop().time())
         return False, None
 
     async def _send_rtcp(self, packet: Any) -> None:

@@ -92,3 +92,13 @@ def test_audio_packets_pass_straight_through_and_late_ones_are_dropped():
         c.assembler.push(seq, ts, True, True, b"opus", 0.0)
     assert [f[1] for f in c.frames] == [960, 1920, 3840, 4800]
     assert c.assembler.late_packets == 1
+
+
+def test_padding_packets_take_sequence_numbers_without_making_a_gap():
+    c = Collector(max_wait=0.1)
+    c.frame(1, 3000, [KEY])
+    c.assembler.push_padding(2, 0.0)
+    c.assembler.push_padding(3, 0.0)
+    c.frame(4, 6000, [DELTA, b"x"], now=1.0)
+    assert [f[1] for f in c.frames] == [3000, 6000]
+    assert c.assembler.gaps == 0
