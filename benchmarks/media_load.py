@@ -126,7 +126,10 @@ async def _serve(mode: str, port_queue: Any, record_dir: str) -> None:
         values = sorted(lags)
         lags.clear()
         p99 = values[int(len(values) * 0.99)] if values else 0.0
+        with open("/proc/thread-self/schedstat") as f:  # ns on CPU, ns runnable but waiting for a CPU
+            on_cpu, waiting = (int(x) for x in f.read().split()[:2])
         return web.json_response({"cpu": times.user + times.system, "rss": process.memory_info().rss,
+                                  "loop_on_cpu": on_cpu / 1e9, "loop_waiting": waiting / 1e9,
                                   "lag_p99": p99, "threads": process.num_threads(), "states": backend.states()})
 
     async def shutdown(request: web.Request) -> web.Response:
@@ -519,6 +522,9 @@ def run(mode: str, calls: int, seconds: float, loops: dict[str, list[bytes]], pr
         "cpu_per_call_pct": 100 * (after["cpu"] - before["cpu"]) / seconds / calls,
         "cpu_total_pct": 100 * (after["cpu"] - before["cpu"]) / seconds,
         "client_cpu_pct": 100 * client_cpu / seconds,
+        # Share of the window the event-loop thread was runnable but had no CPU (other load).
+        "loop_starved_pct": 100 * (after["loop_waiting"] - before["loop_waiting"]) / seconds,
+        "loop_busy_pct": 100 * (after["loop_on_cpu"] - before["loop_on_cpu"]) / seconds,
         "rss_per_call_mb": (after["rss"] - idle["rss"]) / calls / 2**20,
         "fps_worst_pct": 100 * min(ratios), "fps_mean_pct": 100 * statistics.mean(ratios),
         "loss_pct": 100 * max(r["loss"] for r in reports),
@@ -543,7 +549,7 @@ def main() -> None:
     plan += [("stock", int(k)) for k in args.baseline_calls.split(",") if k]
     header = (f"{'server':<20}{'K':>4}{'cpu/call':>10}{'cpu tot':>9}{'rss/call':>10}{'fps worst':>10}"
               f"{'fps mean':>9}{'loss':>7}{'lag p99':>9}{'setup p50':>10}{'p95':>7}{'hop p50':>9}{'p95':>8}"
-              f"{'clients cpu':>12}")
+              f"{'clients cpu':>12}{'loop busy':>10}{'starved':>8}")
     print(header)
     for mode, calls in plan:
         row = run(mode, calls, args.seconds, loops, min(args.client_processes, calls), args.uvloop)
@@ -552,7 +558,7 @@ def main() -> None:
               f"{row['rss_per_call_mb']:>8.1f}MB{row['fps_worst_pct']:>9.0f}%{row['fps_mean_pct']:>8.0f}%"
               f"{row['loss_pct']:>6.2f}%{row['lag_p99_ms']:>7.1f}ms{row['setup_p50_s']:>9.2f}s"
               f"{row['setup_p95_s']:>6.2f}s{row['latency_p50_ms']:>7.1f}ms{row['latency_p95_ms']:>6.1f}ms"
-              f"{row['client_cpu_pct']:>11.0f}%",
+              f"{row['client_cpu_pct']:>11.0f}%{row['loop_busy_pct']:>9.0f}%{row['loop_starved_pct']:>7.0f}%",
               flush=True)
     print(json.dumps(rows, indent=1), file=sys.stderr)
 
