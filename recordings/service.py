@@ -10,6 +10,9 @@ import logging
 from datetime import datetime, timezone
 from typing import Any, Protocol, Sequence
 
+from sqlalchemy import update
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from cloudhall.db import Database
 from cloudhall.errors import NotFound
 from recordings.eventlog import append_event
@@ -57,6 +60,18 @@ def _value(v: Any) -> Any:
     return getattr(v, "value", v)
 
 
+async def _lock_session(session: AsyncSession, session_id: str) -> None:
+    """Take the write lock on the session row before reading the chain head.
+
+    ``SELECT ... FOR UPDATE`` is a no-op on SQLite, and pysqlite starts a transaction only at
+    the first write, so two writers could read the same head and fork the chain. A no-op
+    UPDATE first makes SQLite take its write lock (and PostgreSQL its row lock) up front.
+    """
+    await session.execute(
+        update(CallSession).where(CallSession.id == session_id).values(event_count=CallSession.event_count)
+    )
+
+
 class SessionRecords:
     """Creates call sessions, applies their transitions and appends their events."""
 
@@ -89,6 +104,7 @@ class SessionRecords:
     async def record(self, call: CallFacts, events: Sequence[EventFacts]) -> None:
         """Write the transition's events and the session's new state, agent, times and end reason."""
         async with self._db.transaction() as session:
+            await _lock_session(session, call.id)
             row = await session.get(CallSession, call.id, with_for_update=True)
             if row is None:
                 raise NotFound(f"session {call.id} does not exist")
@@ -110,4 +126,5 @@ class SessionRecords:
     async def append(self, session_id: str, kind: str, actor: str, data: dict[str, Any], at: float) -> None:
         """Append one event that changes no state (media and recording events)."""
         async with self._db.transaction() as session:
+            await _lock_session(session, session_id)
             await append_event(session, session_id, kind, actor, data, _dt(at))

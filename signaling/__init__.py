@@ -7,7 +7,6 @@ once, at start, from ``settings.redis.url``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import socket
@@ -82,6 +81,7 @@ async def _signaling_ctx(app: web.Application) -> AsyncIterator[None]:
     from signaling.routing import LocalRouter, RedisRouter
     from signaling.server import SignalingServer, SocketNotifier
     from signaling.service import CallService
+    from signaling.tasks import stop_task
     from signaling.timers import NodeWorker
 
     settings = app[appkeys.SETTINGS]
@@ -126,10 +126,7 @@ async def _signaling_ctx(app: web.Application) -> AsyncIterator[None]:
     finally:
         state.server = None
         for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            await stop_task(task)
         await server.close()
         await bridge.close()
         if bridge.media is not None:
@@ -138,9 +135,7 @@ async def _signaling_ctx(app: web.Application) -> AsyncIterator[None]:
         if manager is not None:
             thread = getattr(manager, "thread", None)
             if thread is not None:
-                thread.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await thread
+                await stop_task(thread)
             if getattr(manager, "redis", None) is not None:
                 await manager.redis.aclose()
         await queue.close()

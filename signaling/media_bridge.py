@@ -22,6 +22,7 @@ from signaling.ports import MediaPort, SessionLog
 from signaling.routing import NodeRouter
 from signaling.schemas import MEDIA_EVENT
 from signaling.service import CallService
+from signaling.tasks import reraise_if_cancelling, stop_task
 from signaling.views import outlet_room, user_room
 
 log = logging.getLogger(__name__)
@@ -153,6 +154,7 @@ class MediaBridge:
         try:
             await self.records.append(session_id, kind, f"node:{self.service.node_id}", data, time.time())
         except Exception:
+            reraise_if_cancelling()
             log.exception("session %s: could not log %s", session_id, kind)
 
     async def _media_event(self, session_id: str, kind: str, data: dict[str, Any]) -> None:
@@ -178,5 +180,4 @@ class MediaBridge:
 
     async def close(self) -> None:
         for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+            await stop_task(task)

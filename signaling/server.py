@@ -26,6 +26,7 @@ from cloudhall.identities import Principal, Role
 from signaling import schemas as s
 from signaling.media_bridge import MediaBridge
 from signaling.service import CallService
+from signaling.tasks import reraise_if_cancelling, stop_task
 from signaling.views import department_room, outlet_room, supervisor_room, user_room
 
 log = logging.getLogger(__name__)
@@ -98,8 +99,10 @@ class SignalingServer:
     async def _connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
         resolved = await self.auth.resolve(_session_token(environ))
         if resolved is None:
-            raise ConnectionRefusedError(
-                {"code": "unauthenticated", "message": "log in first (unknown, expired or disabled account)"}
+            message = "log in first (unknown, expired or disabled account)"
+            # The client's connect_error carries {"message": ..., "data": {"code", "message"}}.
+            raise socketio.exceptions.ConnectionRefusedError(
+                message, {"code": "unauthenticated", "message": message}
             )
         p = resolved.principal
         self.connections[sid] = Connection(sid, p)
@@ -114,6 +117,7 @@ class SignalingServer:
         try:
             await self.service.connected_socket(p, sid)
         except Exception:
+            reraise_if_cancelling()
             log.exception("socket %s: connect bookkeeping failed", sid)
 
     async def _disconnect(self, sid: str, reason: Any = None) -> None:
@@ -127,6 +131,7 @@ class SignalingServer:
         try:
             await self.service.disconnected_socket(p, sid)
         except Exception:
+            reraise_if_cancelling()
             log.exception("socket %s: disconnect bookkeeping failed", sid)
 
     @staticmethod
@@ -149,8 +154,7 @@ class SignalingServer:
 
     async def close(self) -> None:
         for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+            await stop_task(task)
 
     # -- the acknowledgement wrapper ----------------------------------------------------------
     def on(
@@ -177,6 +181,7 @@ class SignalingServer:
             except CloudHallError as exc:
                 return {"error": exc.to_dict()}
             except Exception:
+                reraise_if_cancelling()
                 log.exception("socket %s: %s failed", sid, event)
                 return {"error": {"code": "internal", "message": "internal error"}}
 

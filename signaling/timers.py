@@ -14,6 +14,7 @@ import time
 from typing import Callable
 
 from signaling.service import CallService
+from signaling.tasks import reraise_if_cancelling
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +57,12 @@ class NodeWorker:
                     try:
                         await self.service.on_deadline(name)
                     except Exception:
+                        reraise_if_cancelling()
                         log.exception("deadline %s failed; it comes due again after its lease", name)
                         continue
                     await queue.finish(name, token)
-            except asyncio.CancelledError:
-                raise
             except Exception:
+                reraise_if_cancelling()
                 log.exception("polling deadlines failed")
             await asyncio.sleep(self.poll)
 
@@ -78,9 +79,8 @@ class NodeWorker:
                                     len(sides))
                         for side in sides:
                             await service.side_gone(side, None)
-            except asyncio.CancelledError:
-                raise
             except Exception:
+                reraise_if_cancelling()
                 log.exception("node registry upkeep failed")
             await asyncio.sleep(NODE_BEAT_SECONDS)
 
@@ -92,7 +92,6 @@ class NodeWorker:
             self._flush.clear()
             try:
                 await self.service.flush_queues()
-            except asyncio.CancelledError:
-                raise
             except Exception:
+                reraise_if_cancelling()
                 log.exception("queue update failed")

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import pytest
 import socketio
 from aiohttp import web
 from aiohttp.test_utils import TestServer
@@ -20,8 +23,8 @@ from cloudhall.auth import SESSION_COOKIE
 from cloudhall.db import Database
 from cloudhall.settings import RedisSettings, Settings, SignalingSettings
 from tests.conftest import make_settings
-from tests.factories import PASSWORD
-from tests.helpers import REDIS_URL, wait_for
+from tests.factories import PASSWORD, World
+from tests.helpers import REDIS_URL, require_redis, wait_for
 
 FAST = SignalingSettings(
     reconnect_grace_seconds=1.5,
@@ -65,7 +68,13 @@ async def running_server(settings: Settings, db: Database) -> AsyncIterator[tupl
     try:
         yield str(server.make_url("")).rstrip("/"), app
     finally:
-        await server.close()
+        try:
+            async with asyncio.timeout(15):
+                await server.close()
+        except TimeoutError:
+            for task in asyncio.all_tasks():
+                task.print_stack(limit=8, file=sys.stderr)
+            raise
 
 
 async def session_token(app: web.Application, username: str) -> str:
@@ -82,6 +91,10 @@ class Peer:
         self.client = socketio.AsyncClient(reconnection=False)
         self.events: list[tuple[str, Any]] = []
         self.client.on("*", self._record)
+        self.client.on("connect_error", self._refused)
+
+    async def _refused(self, data: Any = None) -> None:
+        self.events.append(("connect_error", data))
 
     async def _record(self, event: str, data: Any = None) -> None:
         self.events.append((event, data))
@@ -147,3 +160,55 @@ async def peers(base_url: str, app: web.Application, *usernames: str) -> AsyncIt
     finally:
         for peer in made:
             await peer.close()
+
+
+@dataclass
+class Env:
+    url: str
+    app: web.Application
+    world: World
+    db: Database
+
+    async def peer(self, username: str) -> Peer:
+        peer = Peer(username)
+        await peer.connect(self.url, await session_token(self.app, username))
+        return peer
+
+
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+def backend(request) -> str:
+    if request.param == "redis":
+        require_redis()
+    return request.param
+
+
+@pytest.fixture
+async def env_factory(backend: str, tmp_path: Path, sqlite_database: Database, world: World):
+    """Start servers with custom signalling settings: ``async with env_factory(ring_timeout_seconds=2) as env``."""
+    prefixes: list[str] = []
+
+    @asynccontextmanager
+    async def make(**fast: Any) -> AsyncIterator[Env]:
+        prefix = None
+        if backend == "redis":
+            prefix = new_prefix()
+            prefixes.append(prefix)
+        settings = signaling_settings(tmp_path, sqlite_database.url, prefix, **fast)
+        async with running_server(settings, sqlite_database) as (url, app):
+            yield Env(url, app, world, sqlite_database)
+
+    try:
+        yield make
+    finally:
+        for prefix in prefixes:
+            await clear_prefix(prefix)
+
+
+@pytest.fixture
+async def env(env_factory) -> AsyncIterator[Env]:
+    async with env_factory() as made:
+        yield made
+
+
+def start_payload(world: World, item: str = "SI-001", **extra: Any) -> dict[str, Any]:
+    return {"item_id": world.items[item].id, "applicant": {"name": "张三", "phone": "13800138000"}, **extra}

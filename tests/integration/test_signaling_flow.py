@@ -2,53 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from pathlib import Path
-
-import pytest
-from aiohttp import web
-
-from cloudhall.db import Database
 from recordings.eventlog import load_events, verify_chain
 from recordings.models import CallSession
-from tests.factories import World
-from tests.helpers import require_redis
-from tests.integration.signaling_support import (
-    Peer,
-    clear_prefix,
-    new_prefix,
-    peers,
-    running_server,
-    signaling_settings,
-)
-
-
-@dataclass
-class Env:
-    url: str
-    app: web.Application
-    world: World
-    db: Database
-
-
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
-async def env(request, tmp_path: Path, sqlite_database: Database, world: World) -> AsyncIterator[Env]:
-    prefix = None
-    if request.param == "redis":
-        require_redis()
-        prefix = new_prefix()
-    settings = signaling_settings(tmp_path, sqlite_database.url, prefix)
-    try:
-        async with running_server(settings, sqlite_database) as (url, app):
-            yield Env(url, app, world, sqlite_database)
-    finally:
-        if prefix:
-            await clear_prefix(prefix)
-
-
-def start_payload(world: World, item: str = "SI-001", **extra) -> dict:
-    return {"item_id": world.items[item].id, "applicant": {"name": "张三", "phone": "13800138000"}, **extra}
+from tests.integration.signaling_support import Env, backend, env, env_factory, peers, start_payload  # noqa: F401
 
 
 async def test_outlet_calls_agent_answers_and_the_log_verifies(env: Env) -> None:
