@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Sequence
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cloudhall.db import utcnow
@@ -64,9 +64,18 @@ async def append_event(
         raise InvalidInput(f"event {kind!r} data is not JSON: {exc}") from None
     if len(encoded.encode()) > MAX_EVENT_DATA_BYTES:
         raise InvalidInput(f"event {kind!r} data is larger than {MAX_EVENT_DATA_BYTES} bytes")
-    # Lock the session row (PostgreSQL; SQLite serializes writers anyway) so appends form one chain.
+    # Lock the session row before reading the head, so appends form one chain. A no-op UPDATE
+    # takes the lock on both databases: SQLite (pysqlite) opens its transaction only at the
+    # first write, so a SELECT first would read a head another writer is about to replace.
+    # populate_existing: the row may already sit in this session's identity map, read before the lock.
+    await session.execute(
+        update(CallSession).where(CallSession.id == session_id).values(event_count=CallSession.event_count)
+    )
     call = await session.scalar(
-        select(CallSession).where(CallSession.id == session_id).with_for_update()
+        select(CallSession)
+        .where(CallSession.id == session_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
     )
     if call is None:
         raise NotFound(f"session {session_id} does not exist")

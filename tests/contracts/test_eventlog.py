@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import timedelta
 
@@ -161,3 +162,17 @@ async def test_appends_continue_the_chain_and_bad_input_is_refused(database: Dat
         with pytest.raises(NotFound):
             await append_event(session, "no-such-session", "x", "system")
     assert (await report(database, chain)).ok
+
+
+async def test_concurrent_appends_form_one_chain(database: Database, chain: str) -> None:
+    """Writers in separate transactions (two nodes, two tasks) never fork or collide."""
+
+    async def writer(n: int) -> None:
+        for i in range(5):
+            async with database.transaction() as session:
+                await append_event(session, chain, "chat:message", f"user:{n}", {"i": i})
+
+    await asyncio.gather(*(writer(n) for n in range(4)))
+    result = await report(database, chain)
+    assert result.ok, result.problems
+    assert result.count == len(KINDS) + 20
