@@ -25,7 +25,6 @@ import fractions
 import json
 import logging
 import multiprocessing as mp
-import os
 import statistics
 import struct
 import sys
