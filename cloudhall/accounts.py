@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
@@ -216,6 +217,14 @@ def format_hours_text(hours: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+async def _flush_unique(session: AsyncSession, field: str, message: str) -> None:
+    """Flush; a unique-constraint race (two admins saving the same code) becomes a field error."""
+    try:
+        await session.flush()
+    except IntegrityError:
+        raise FieldErrors({field: message}) from None
+
+
 async def known_counties(session: AsyncSession) -> list[str]:
     counties = set(await session.scalars(select(Department.county).distinct()))
     counties |= set(await session.scalars(select(Outlet.county).distinct()))
@@ -281,7 +290,7 @@ async def create_user(session: AsyncSession, data: UserInput, password_hash: str
         departments=departments,
     )
     session.add(user)
-    await session.flush()
+    await _flush_unique(session, "username", f"用户名 {data.username!r} 已被使用")
     return user
 
 
@@ -372,7 +381,7 @@ async def save_outlet(session: AsyncSession, data: OutletInput, outlet_id: int |
         # Staff of a moved outlet follow it to its county.
         for user in await session.scalars(select(User).where(User.outlet_id == outlet.id)):
             user.county = outlet.county
-    await session.flush()
+    await _flush_unique(session, "code", f"编码 {data.code!r} 已被其他服务站使用")
     return outlet
 
 
@@ -396,5 +405,5 @@ async def save_department(
         setattr(department, key, value)
     if department_id is None:
         session.add(department)
-    await session.flush()
+    await _flush_unique(session, "code", f"编码 {data.code!r} 已被其他窗口使用")
     return department

@@ -133,3 +133,14 @@ async def test_seed_is_idempotent(database: Database) -> None:
         roles = list(await session.scalars(select(User.role)))
     assert roles.count(Role.AGENT.value) >= 3 and roles.count(Role.SUPERVISOR.value) == 1
     assert roles.count(Role.ADMIN.value) == 1 and roles.count(Role.OUTLET_STAFF.value) == len(OUTLETS)
+
+
+async def test_a_unique_race_is_a_field_error_not_a_crash(world_db: Database) -> None:
+    """Two admins saving the same code at once: the loser's flush hits the constraint."""
+    with pytest.raises(accounts.FieldErrors) as caught:
+        async with world_db.transaction() as session:
+            session.add(Outlet(code="O1", name="重复", island="岛", town="镇", county="东岛县"))
+            await accounts._flush_unique(session, "code", "编码已被使用")
+    assert caught.value.fields == {"code": "编码已被使用"}
+    async with world_db.transaction() as session:
+        assert await session.scalar(select(func.count()).select_from(Outlet).where(Outlet.code == "O1")) == 1
