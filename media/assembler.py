@@ -8,8 +8,9 @@ This replaces aiortc's jitter buffer on the server's receivers (installed by
   (aiortc's buffer holds one frame, +33 ms at 30 fps; its audio buffer prefetches 4 packets,
   +80 ms). Audio packets are released as they arrive.
 - it knows the sequence numbers, so it *sees* gaps: after a hole that retransmission (the
-  receiver still NACKs) did not fill within ``max_wait`` seconds (0.5 s: one NACK round trip
-  on a slow island link; shorter would turn every loss there into a keyframe) it drops everything up to the next frame start,
+  receiver still NACKs) did not fill within ``max_wait`` seconds (0.5 s until the link's round
+  trip is known, then 1.5 x RTT + 0.1 s within 0.3-1.5 s, set by the session: shorter would
+  turn every loss on a long island link into a keyframe) it drops everything up to the next frame start,
   reports picture loss (the caller asks the sender for a keyframe) and drops every frame
   until a keyframe arrives. Forwarding a frame that references a lost one corrupts the
   picture at every subscriber and in the recording.
@@ -65,7 +66,7 @@ class FrameAssembler:
         self.kind = kind
         self._on_frame = on_frame
         self._on_picture_loss = on_picture_loss
-        self._max_wait = max_wait
+        self.max_wait = max_wait
         self._max_packets = max_packets
         # seq -> (timestamp, marker, frame_start, data, arrival)
         self._pending: dict[int, tuple[int, bool, bool, bytes, float]] = {}
@@ -136,7 +137,7 @@ class FrameAssembler:
             if self._blocked_since is None:
                 self._blocked_since = now
             if (
-                now - self._blocked_since < self._max_wait
+                now - self._blocked_since < self.max_wait
                 and len(self._pending) < self._max_packets
             ):
                 return

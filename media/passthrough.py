@@ -34,6 +34,7 @@ import asyncio
 import functools
 import logging
 import random
+import weakref
 from fractions import Fraction
 from typing import Any, Callable
 
@@ -325,21 +326,40 @@ def _announced(host: Candidate, public_ip: str) -> Candidate:
     )
 
 
+_CONSENT_RTTS: "weakref.WeakKeyDictionary[Any, float]" = weakref.WeakKeyDictionary()
+
+
+def round_trip_time(pc: aiortc.RTCPeerConnection) -> float | None:
+    """The latest round trip to the peer, in seconds: from our senders' RTCP reports, else consent checks."""
+    rtts = [rtt for t in pc.getTransceivers()
+            if (rtt := getattr(t.sender, "_RTCRtpSender__rtt", None)) is not None]
+    if rtts:
+        return max(rtts)
+    consent = [_CONSENT_RTTS[c] for c in ice_connections(pc) if c in _CONSENT_RTTS]
+    return max(consent) if consent else None
+
+
 async def _query_consent(connection: aioice.ice.Connection) -> None:
-    """aioice's consent loop (RFC 7675) with retransmissions; see :data:`CONSENT_RETRANSMISSIONS`."""
+    """aioice's consent loop (RFC 7675) with retransmissions; see :data:`CONSENT_RETRANSMISSIONS`.
+
+    Also times each check: :func:`round_trip_time` falls back on it.
+    """
     assert connection.remote_password is not None
+    loop = asyncio.get_running_loop()
     failures = 0
     while True:
         await asyncio.sleep(CONSENT_INTERVAL * (0.8 + 0.4 * random.random()))
         for pair in list(connection._nominated.values()):
             request = connection.build_request(pair, nominate=False)
             try:
+                started = loop.time()
                 await pair.protocol.request(
                     request,
                     pair.remote_addr,
                     integrity_key=connection.remote_password.encode("utf8"),
                     retransmissions=CONSENT_RETRANSMISSIONS,
                 )
+                _CONSENT_RTTS[connection] = loop.time() - started
                 failures = 0
             except aioice.stun.TransactionError:
                 failures += 1

@@ -29,6 +29,8 @@ logger = logging.getLogger(__name__)
 NETWORK_TIMEOUT = 15.0  # seconds for one offer/answer (ICE gathering included)
 CLOSE_TIMEOUT = 5.0
 WATCHDOG_INTERVAL = 1.0
+REPAIR_WAIT_MIN = 0.3  # seconds a hole may wait for its retransmission (see _adapt_repair_wait)
+REPAIR_WAIT_MAX = 1.5
 
 
 @dataclass(eq=False)
@@ -246,6 +248,7 @@ class MediaSession:
             for peer in list(self.peers.values()):
                 if peer.failed or peer.closing:
                     continue
+                self._adapt_repair_wait(peer)
                 if peer.pc.connectionState in ("failed", "closed"):
                     self._fail(peer, peer.pc.connectionState)
                     continue
@@ -266,13 +269,27 @@ class MediaSession:
                     self._emit("participant_media_resumed", {"participant": peer.participant,
                                                              "epoch": peer.epoch})
 
+    @staticmethod
+    def _adapt_repair_wait(peer: _Peer) -> None:
+        """Wait for a retransmission as long as one takes on this link before calling a loss a gap.
+
+        A NACKed packet comes back after one round trip; asking for a keyframe sooner turns
+        every loss on a long island link into a keyframe (the storm that kills such calls).
+        """
+        rtt = passthrough.round_trip_time(peer.pc)
+        if rtt is not None:
+            wait = min(REPAIR_WAIT_MAX, max(REPAIR_WAIT_MIN, 1.5 * rtt + 0.1))
+            for tap in peer.taps.values():
+                tap.assembler.max_wait = wait
+
     def stats(self) -> dict:
         """Per source: frames in/out, drops, keyframe requests, bitrate; per participant: state."""
         return {
             "session_id": self.session_id,
             "participants": {
                 p.participant: {"epoch": p.epoch, "state": p.pc.connectionState,
-                                "media_missing": p.media_missing}
+                                "media_missing": p.media_missing,
+                                "rtt_seconds": passthrough.round_trip_time(p.pc)}
                 for p in self.peers.values()
             },
             "tracks": {f"{owner}-{source}": relay.stats() for (owner, source), relay in self.relays.items()},

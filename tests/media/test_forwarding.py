@@ -60,6 +60,12 @@ async def test_call_forwards_every_track_at_full_rate_without_any_codec(media_en
     assert not [o for o in codec_constructions.encoder_owners if id(o) in server_senders], "server built an encoder"
     assert not [o for o in codec_constructions.decoder_outputs if id(o) in server_outputs], "server built a decoder"
 
+    # The link's round trip is known and the repair wait follows it (LAN: the 0.3 s floor).
+    stats = server.stats("call-1")
+    assert stats["participants"]["agent"]["rtt_seconds"] is not None, stats["participants"]
+    agent_peer = server._sessions["call-1"].peers["agent"]
+    assert {tap.assembler.max_wait for tap in agent_peer.taps.values()} == {0.3}
+
     # Bounded queues: no subscriber ever held more than the configured limit.
     for track in server.stats("call-1")["tracks"].values():
         for subscriber in track["subscribers"]:

@@ -135,6 +135,7 @@ async def test_tap_sender_hooks_codecs_and_ice_against_real_peers():
         try:
             await wait_for(lambda: len(back) > 10, 10, lambda: f"{len(back)} frames decoded at A")
             assert back[-1] == 320
+            assert hasattr(b_sender, "_RTCRtpSender__rtt"), "RTCRtpSender.__rtt is gone: round_trip_time() is blind"
             assert isinstance(b_sender._RTCRtpSender__encoder, passthrough._Packer), \
                 "RTCRtpSender replaced our packer with a real encoder"
             # PLI from A reaches our hook instead of aiortc's encoder flag (RTCRtpSender._send_keyframe).
@@ -189,5 +190,6 @@ async def test_consent_retransmits_and_expires_after_consecutive_misses(monkeypa
     connection = _Connection(pair)
     await asyncio.wait_for(passthrough._query_consent(connection), 5)  # type: ignore[arg-type]
     assert connection.closed and connection._query_consent_task is None
+    assert connection in passthrough._CONSENT_RTTS, "an answered consent check was not timed"
     assert len(pair.retransmissions) == 12, "one answer must reset the miss count"
     assert set(pair.retransmissions) == {passthrough.CONSENT_RETRANSMISSIONS}
