@@ -47,6 +47,10 @@ from signaling.views import (
 log = logging.getLogger(__name__)
 
 RETRIES = 8
+# Waiting lists pushed to agents carry at most this many calls (and the total).
+QUEUE_LIST_LIMIT = 100
+# Positions go to the waiting outlets of a department at most this often.
+POSITION_INTERVAL = 1.0
 
 
 def outlet_side(outlet_id: int) -> str:
@@ -87,6 +91,9 @@ class CallService:
         self.node_id = node_id
         self.clock = clock
         self.dirty_departments: set[int] = set()
+        self._positions_pending: set[int] = set()
+        self._positions_sent_at: dict[int, float] = {}
+        self._waiting_cache: dict[int, list[Call]] = {}
         # Set by setup: flushes dirty departments soon (coalesces bursts of queue changes).
         self.on_dirty: Callable[[], None] = lambda: None
         # Set by setup: tell the node that owns a call's media that the call ended.
@@ -187,24 +194,47 @@ class CallService:
         self.dirty_departments.add(department_id)
         self.on_dirty()
 
-    async def flush_queues(self) -> None:
-        """Send the waiting lists to agents and supervisors and positions to waiting outlets."""
+    async def flush_queues(self) -> float | None:
+        """Send waiting lists to agents and supervisors now, and positions to waiting outlets.
+
+        Waiting lists go out at once (the caller coalesces bursts); positions go to every
+        waiting outlet of a department at most every ``POSITION_INTERVAL`` seconds, because
+        each change at the head moves every outlet behind it. Returns the seconds until
+        positions are due again, or None when nothing is pending.
+        """
         dirty, self.dirty_departments = self.dirty_departments, set()
-        if not dirty:
-            return
-        agents = await self.queue.all_presence()
+        self._positions_pending |= dirty
         now = self.clock()
+        agents = await self.queue.all_presence() if self._positions_pending else []
         for dept_id in sorted(dirty):
-            waiting = await self.queue.waiting(dept_id)
             try:
                 dept = await self.directory.department(dept_id)
             except NotFound:
                 continue
-            entries = [queue_entry(c, i, now) for i, c in enumerate(waiting, start=1)]
-            body = {"department_id": dept_id, "department_name": dept.name, "calls": entries, "server_time": now}
+            waiting = await self.queue.waiting(dept_id)
+            self._waiting_cache[dept_id] = waiting
+            entries = [queue_entry(c, i, now) for i, c in enumerate(waiting[:QUEUE_LIST_LIMIT], start=1)]
+            body = {
+                "department_id": dept_id,
+                "department_name": dept.name,
+                "calls": entries,
+                "total": len(waiting),
+                "server_time": now,
+            }
             await self.notifier.emit(QUEUE_UPDATE, body, department_room(dept_id))
             await self.notifier.emit(QUEUE_UPDATE, body, supervisor_room(dept.county))
             await self.notifier.emit(QUEUE_UPDATE, body, supervisor_room(None))
+        next_due: float | None = None
+        for dept_id in sorted(self._positions_pending):
+            due = self._positions_sent_at.get(dept_id, 0.0) + POSITION_INTERVAL
+            if due > now:
+                next_due = min(next_due or due - now, due - now)
+                continue
+            self._positions_pending.discard(dept_id)
+            self._positions_sent_at[dept_id] = now
+            waiting = self._waiting_cache.pop(dept_id, None)
+            if waiting is None:
+                waiting = await self.queue.waiting(dept_id)
             handling = await self.queue.handling_times(dept_id)
             staffed = self._staffed(agents, dept_id)
             for position, call in enumerate(waiting, start=1):
@@ -220,6 +250,8 @@ class CallService:
                     },
                     outlet_room(call.outlet_id),
                 )
+        self._waiting_cache.clear()
+        return next_due
 
     @staticmethod
     def _staffed(agents: list[AgentPresence], department_id: int) -> int:

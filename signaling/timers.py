@@ -85,13 +85,19 @@ class NodeWorker:
             await asyncio.sleep(NODE_BEAT_SECONDS)
 
     async def _queue_flusher(self) -> None:
+        next_due: float | None = None
         while True:
-            await self._flush.wait()
-            # Coalesce a burst of queue changes into one update per department.
-            await asyncio.sleep(FLUSH_DELAY_SECONDS)
+            try:
+                async with asyncio.timeout(next_due):
+                    await self._flush.wait()
+                # Coalesce a burst of queue changes into one update per department.
+                await asyncio.sleep(FLUSH_DELAY_SECONDS)
+            except TimeoutError:
+                pass  # positions held back by their interval are due
             self._flush.clear()
             try:
-                await self.service.flush_queues()
+                next_due = await self.service.flush_queues()
             except Exception:
                 reraise_if_cancelling()
+                next_due = None
                 log.exception("queue update failed")
