@@ -7,11 +7,13 @@ also appended to the session's event log, so the timeline and audits see it.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
 from aiohttp import web
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from cloudhall import appkeys
 from cloudhall.errors import Conflict, Forbidden, InvalidInput, NotFound
@@ -22,6 +24,7 @@ from recordings.models import RATING_LABELS, CallSession, Rating
 
 MAX_COMMENT_CHARS = 500
 RATEABLE_STATES = frozenset({"ended"})
+APPEND_ATTEMPTS = 5
 
 
 def parse_rating(body: Any) -> tuple[int, str]:
@@ -52,6 +55,20 @@ async def submit_rating(db: Any, who: Principal, session_id: str, level: int, co
     session) and :class:`Conflict` (call not ended yet, or already rated).
     """
     who.require_role(Role.OUTLET_STAFF)
+    # Media and recording events are appended to the same log at the end of a call; on SQLite
+    # two appends can race for the next sequence number, and the loser's whole transaction
+    # rolls back cleanly: try again (the checks run again, so "once" still holds).
+    for attempt in range(APPEND_ATTEMPTS):
+        try:
+            return await _store_rating(db, who, session_id, level, comment)
+        except IntegrityError:
+            if attempt == APPEND_ATTEMPTS - 1:
+                raise
+            await asyncio.sleep(0.05 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+async def _store_rating(db: Any, who: Principal, session_id: str, level: int, comment: str) -> Rating:
     async with db.transaction() as session:
         call = await session.get(CallSession, session_id)
         if call is None:
@@ -69,7 +86,7 @@ async def submit_rating(db: Any, who: Principal, session_id: str, level: int, co
         await append_event(
             session,
             session_id,
-            "rating:submitted",
+            "rating_submitted",
             f"user:{who.user_id}",
             {"level": level, "label": RATING_LABELS[level], "has_comment": bool(comment)},
         )

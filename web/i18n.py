@@ -197,6 +197,9 @@ JS_MESSAGES: dict[str, str] = {
     "decision": N_("坐席处理结果："),
     "media_failed": N_("音视频连接失败，正在重试…"),
     "screen_label": N_("对方屏幕"),
+    "remote_lost": N_("对方网络中断，正在等待对方重新连接…"),
+    "new_in_queue": N_("有新的呼叫在排队"),
+    "outlet_ringing": N_("正在呼叫服务站，等待对方接听…"),
 }
 
 

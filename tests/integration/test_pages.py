@@ -167,7 +167,7 @@ async def test_rating_once_by_the_outlet(client, world, sqlite_database):
         rating = await session.scalar(select(Rating).where(Rating.session_id == session_id))
         assert (rating.level, rating.comment, rating.submitted_by) == (5, "办得很快", world.users["staff1"].id)
         events = await load_events(session, session_id)
-        assert [e.kind for e in events] == ["rating:submitted"]
+        assert [e.kind for e in events] == ["rating_submitted"]
         assert events[0].data["level"] == 5
         assert (await verify_chain(session, session_id)).ok
 

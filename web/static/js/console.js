@@ -1,4 +1,4 @@
-// The agent console: presence, the live queue and callbacks, the ringing alert, the call view.
+// The agent console: presence, the live queue and callbacks, the new-call alert, the call view.
 
 import { $, $$, el, beep, formatDuration, pageConfig, show, translator } from "./dom.js";
 import { Signal } from "./socket.js";
@@ -6,21 +6,23 @@ import { EV } from "./protocol.js";
 import { Peer, qualityLevel } from "./peer.js";
 import { openCameraAndMic } from "./devices.js";
 import { Chat } from "./chat.js";
+import { reportConnected } from "./report.js";
 
 const config = pageConfig();
 const t = translator(config.messages || {});
+const HEARTBEAT_MS = 15000;
 
 const state = {
   presence: "offline",
-  queue: [],
-  callbacks: [],
-  offered: null,
-  call: null, // {id, ...} while in a call
+  queues: new Map(), // department_id -> [entry with received_at]
+  callbacks: new Map(), // department_id -> [callback]
+  seen: new Set(), // call ids already announced
+  call: null, // the call I hold (offered to me, connecting, in call)
   peer: null,
   media: null,
   audio: null,
   muted: false,
-  serverOffset: 0,
+  outletLink: null,
 };
 
 function banner(text, kind = "error") {
@@ -39,12 +41,21 @@ signal.addEventListener("state", (event) => {
 
 async function resync() {
   try {
-    const status = await signal.request(EV.SYNC, {});
-    if (status.presence) setPresence(status.presence.state || status.presence);
-    if (status.queue) renderQueue(status.queue);
-    if (status.callbacks) renderCallbacks(status.callbacks);
+    const status = await signal.request(EV.SESSION_RESUME, {});
+    if (status.presence) setPresence(status.presence.state);
+    state.queues.clear();
+    for (const queue of status.queues || []) setQueue(queue.department_id, queue.calls, { announce: false });
+    state.callbacks.clear();
+    for (const cb of status.callbacks || []) {
+      const list = state.callbacks.get(cb.department_id) || [];
+      list.push(cb);
+      state.callbacks.set(cb.department_id, list);
+    }
+    renderQueue();
+    renderCallbacks();
     if (status.call) onCallState(status.call);
     else if (state.call) endLocally();
+    if (state.peer && state.peer.state !== "connected") state.peer.restart("socket reconnected");
   } catch (err) {
     banner(t("error") + err.message);
   }
@@ -58,90 +69,122 @@ function setPresence(presence) {
   node.dataset.state = presence;
   node.textContent = t(`presence_${presence}`);
   for (const button of $$(".presence-btn")) button.setAttribute("aria-pressed", String(button.dataset.presence === presence));
-  $("#take-next").disabled = presence !== "available" || !state.queue.length;
+  updateTakeNext();
 }
 
 async function choosePresence(event) {
   const button = event.target.closest(".presence-btn");
   if (!button) return;
-  // A user gesture: unlock audio now so the ring can play later.
+  // A user gesture: unlock audio now so that the alert can sound later.
   if (!state.audio) state.audio = new AudioContext();
   state.audio.resume().catch(() => {});
   try {
     const result = await signal.request(EV.PRESENCE_SET, { state: button.dataset.presence });
-    setPresence((result && (result.state || result.presence)) || button.dataset.presence);
+    setPresence(result.presence.state);
   } catch (err) {
     banner(t("error") + err.message);
   }
 }
 
-// ---- queue --------------------------------------------------------------------------
-
-function waitedSeconds(entry) {
-  if (entry.waited_seconds !== undefined && entry.received_at) {
-    return entry.waited_seconds + (Date.now() - entry.received_at) / 1000;
+async function heartbeat() {
+  if (!signal.connected) return;
+  try {
+    const result = await signal.request(EV.PRESENCE_HEARTBEAT, {});
+    if (result.presence) setPresence(result.presence.state);
+  } catch {
+    /* the next beat or the reconnect resynchronises */
   }
-  const queued = entry.queued_at;
-  if (typeof queued === "number") return Date.now() / 1000 - queued;
-  if (typeof queued === "string") return (Date.now() - Date.parse(queued)) / 1000;
-  return 0;
 }
 
-function renderQueue(list) {
+// ---- queue --------------------------------------------------------------------------
+
+function allWaiting() {
+  const all = [];
+  for (const list of state.queues.values()) all.push(...list);
+  // The server's order: front, then priority, then longest wait.
+  all.sort((a, b) => (b.front - a.front) || ((b.priority === "priority") - (a.priority === "priority")) || (waited(b) - waited(a)));
+  return all;
+}
+
+function waited(entry) {
+  return entry.wait_seconds + (Date.now() - entry.received_at) / 1000;
+}
+
+function setQueue(departmentId, calls, { announce = true } = {}) {
   const now = Date.now();
-  state.queue = (list || []).map((entry) => ({ ...entry, received_at: now }));
-  const rows = state.queue.map((entry) => {
+  const fresh = [];
+  state.queues.set(departmentId, (calls || []).map((entry) => {
+    if (!state.seen.has(entry.id)) {
+      state.seen.add(entry.id);
+      fresh.push(entry);
+    }
+    return { ...entry, received_at: now };
+  }));
+  if (announce && fresh.length && state.presence === "available" && !state.call) alertNewCall(fresh[0]);
+}
+
+function updateTakeNext() {
+  $("#take-next").disabled = state.presence !== "available" || !allWaiting().length || Boolean(state.call);
+}
+
+function renderQueue() {
+  const list = allWaiting();
+  const rows = list.map((entry) => {
     const priority = entry.priority === "priority";
     return el("tr", {
       cls: priority ? "priority" : "",
-      attrs: { "data-session": entry.session_id || entry.id },
+      attrs: { "data-call": entry.id },
       children: [
-        el("td", { cls: "waited", text: formatDuration(t, waitedSeconds(entry)) }),
+        el("td", { cls: "waited", text: formatDuration(t, waited(entry)) }),
         el("td", { text: entry.outlet_name || "" }),
         el("td", { text: entry.island || "" }),
         el("td", { text: entry.item_name || "" }),
         el("td", { children: [priority ? el("span", { cls: "prio-tag", text: t("priority_high") }) : el("span", { text: t("priority_normal") })] }),
-        el("td", { children: [el("button", { cls: "btn-secondary take-this", attrs: { type: "button", "data-session": entry.session_id || entry.id }, text: t("take") })] }),
+        el("td", { children: [el("button", { cls: "btn-secondary take-this", attrs: { type: "button", "data-call": entry.id }, text: t("take") })] }),
       ],
     });
   });
   $("#queue-rows").replaceChildren(...rows);
-  $("#queue-count").textContent = String(state.queue.length);
-  show($("#queue-empty"), !state.queue.length);
-  $("#take-next").disabled = state.presence !== "available" || !state.queue.length;
+  $("#queue-count").textContent = String(list.length);
+  show($("#queue-empty"), !list.length);
+  updateTakeNext();
+  if (!list.length) stopAlert();
 }
 
 function tickWaits() {
-  const rows = $$("#queue-rows tr");
-  rows.forEach((row, i) => {
-    const entry = state.queue[i];
-    if (entry) row.querySelector(".waited").textContent = formatDuration(t, waitedSeconds(entry));
+  const list = allWaiting();
+  $$("#queue-rows tr").forEach((row, i) => {
+    if (list[i]) row.querySelector(".waited").textContent = formatDuration(t, waited(list[i]));
   });
 }
 
-function renderCallbacks(list) {
-  state.callbacks = list || [];
-  const rows = state.callbacks.map((cb) =>
+function renderCallbacks() {
+  const list = [];
+  for (const rows of state.callbacks.values()) list.push(...rows);
+  const rows = list.map((cb) =>
     el("tr", {
       children: [
         el("td", { text: cb.created_at ? new Date(cb.created_at).toLocaleTimeString() : "" }),
         el("td", { text: cb.outlet_name || "" }),
         el("td", { text: cb.item_name || "" }),
         el("td", { text: (cb.applicant && cb.applicant.name) || "" }),
-        el("td", { text: cb.note || cb.preferred_time || "" }),
+        el("td", { text: cb.note || (cb.preferred_time ? new Date(cb.preferred_time).toLocaleString() : "") }),
         el("td", { children: [el("button", { cls: "btn-secondary call-back", attrs: { type: "button", "data-callback": cb.id }, text: t("call_back") })] }),
       ],
     }),
   );
   $("#callback-rows").replaceChildren(...rows);
-  $("#callback-count").textContent = String(state.callbacks.length);
-  show($("#callbacks-empty"), !state.callbacks.length);
+  $("#callback-count").textContent = String(list.length);
+  show($("#callbacks-empty"), !list.length);
 }
 
-async function take(sessionId) {
+/** Claim a call (the next one, or `callId`) and pick it up: pressing "take" is the answer. */
+async function take(callId) {
+  stopAlert();
   try {
-    const result = await signal.request(EV.CALL_TAKE, sessionId ? { session_id: sessionId } : {});
-    if (result && (result.call || result.state)) onCallState(result.call || result);
+    const taken = await signal.request(EV.QUEUE_TAKE, callId ? { call_id: callId } : {});
+    const accepted = await signal.request(EV.CALL_ACCEPT, { call_id: taken.call.id });
+    onCallState(accepted.call);
   } catch (err) {
     banner(t("error") + err.message);
   }
@@ -150,82 +193,72 @@ async function take(sessionId) {
 async function callBack(callbackId) {
   try {
     const result = await signal.request(EV.CALLBACK_CALL, { callback_id: callbackId });
-    if (result && (result.call || result.state)) onCallState(result.call || result);
+    onCallState(result.call);
   } catch (err) {
     banner(t("error") + err.message);
   }
 }
 
-// ---- ringing ------------------------------------------------------------------------
+// ---- the alert: a new call waits (audible and visible) ----------------------------------
 
-let ringTimer = null;
+let alertTimer = null;
+const baseTitle = document.title;
 
-function ring(call) {
-  state.offered = call;
-  $("#incoming-text").textContent = [call.outlet_name, call.island, call.item_name].filter(Boolean).join(" · ");
+function alertNewCall(entry) {
+  state.alerted = entry;
+  $("#incoming-text").textContent = [entry.outlet_name, entry.island, entry.item_name].filter(Boolean).join(" · ");
   show($("#incoming"), true);
   const play = () => beep(state.audio).then((ctx) => { state.audio = ctx; }).catch(() => {});
   play();
-  clearInterval(ringTimer);
-  ringTimer = setInterval(play, 2000);
-  document.title = "🔔 " + t("incoming");
+  clearInterval(alertTimer);
+  alertTimer = setInterval(play, 3000);
+  document.title = "🔔 " + t("incoming") + " · " + baseTitle;
+  document.body.dataset.alert = "on";
 }
 
-function stopRing() {
-  clearInterval(ringTimer);
-  ringTimer = null;
+function stopAlert() {
+  clearInterval(alertTimer);
+  alertTimer = null;
   show($("#incoming"), false);
-  document.title = document.title.replace(/^🔔 .*/, t("presence_busy"));
-}
-
-async function acceptOffered() {
-  const call = state.offered;
-  if (!call) return;
-  stopRing();
-  try {
-    const result = await signal.request(EV.CALL_ACCEPT, { session_id: call.session_id || call.id });
-    onCallState((result && (result.call || (result.state && result))) || { ...call, state: "connecting" });
-  } catch (err) {
-    banner(t("error") + err.message);
-  }
-}
-
-async function declineOffered() {
-  const call = state.offered;
-  stopRing();
-  if (!call) return;
-  try {
-    await signal.request(EV.CALL_DECLINE, { session_id: call.session_id || call.id });
-  } catch (err) {
-    banner(t("error") + err.message);
-  }
+  document.title = baseTitle;
+  document.body.dataset.alert = "off";
 }
 
 // ---- call ---------------------------------------------------------------------------
 
 function onCallState(call) {
-  const id = call.session_id || call.id;
-  if (call.state === "offered" && (!call.agent_id || call.agent_id === config.user.id)) {
-    if (call.direction === "outbound") {
-      banner(t("ringing"), "info");
-      return;
-    }
-    ring(call);
-  } else if (call.state === "connecting" || call.state === "in_call") {
-    stopRing();
-    if (!state.call || state.call.id !== id) enterCall({ ...call, id });
-  } else if (call.state === "ended") {
-    stopRing();
-    if (state.call && state.call.id === id) endLocally(call.end_reason || call.reason);
+  if (!call) return;
+  if (call.state === "ended" || (call.agent && call.agent.id !== config.user.id)) {
+    if (state.call && state.call.id === call.id) endLocally(call.end_reason);
+    return;
+  }
+  if (call.state === "queued") {
+    // Declined or ring timeout: it went back to the queue.
+    if (state.call && state.call.id === call.id) endLocally();
+    return;
+  }
+  state.call = { ...(state.call && state.call.id === call.id ? state.call : {}), ...call };
+  updateTakeNext();
+  if (call.state === "offered") {
+    if (call.direction === "outbound") banner(t("outlet_ringing"), "info");
+    return;
+  }
+  banner("");
+  if (call.state === "connecting" || call.state === "in_call") {
+    const overlay = $("#call-overlay");
+    overlay.textContent = call.outlet_present === false ? t("remote_lost") : "";
+    show(overlay, call.outlet_present === false);
+    if (!state.peer) enterCall(state.call);
   }
 }
 
 async function enterCall(call) {
-  state.call = call;
+  stopAlert();
   show($("#view-queue"), false);
   show($("#view-call"), true);
   document.body.dataset.stage = "call";
-  $("#call-info").textContent = [call.outlet_name, call.island, call.item_name, call.applicant && call.applicant.name].filter(Boolean).join(" · ");
+  $("#call-info").textContent = [call.outlet_name, call.island, call.item_name, call.applicant && call.applicant.name,
+    call.applicant && call.applicant.id_masked].filter(Boolean).join(" · ");
   if (!state.media) {
     try {
       state.media = await openCameraAndMic();
@@ -237,7 +270,6 @@ async function enterCall(call) {
   const peer = new Peer({
     signal,
     sessionId: call.id,
-    iceServers: call.ice_servers || [],
     sources: { camera: state.media.getVideoTracks()[0] || null, microphone: state.media.getAudioTracks()[0] || null },
     receive: ["camera", "screen", "microphone"],
   });
@@ -251,13 +283,26 @@ async function enterCall(call) {
     const s = event.detail.state;
     document.body.dataset.media = s;
     const overlay = $("#call-overlay");
-    overlay.textContent = s === "reconnecting" ? t("reconnecting") : "";
-    show(overlay, s === "reconnecting");
+    if (s === "reconnecting") {
+      overlay.textContent = t("reconnecting");
+      show(overlay, true);
+    } else if (s === "connected") {
+      show(overlay, false);
+      const current = state.call;
+      if (current && current.state === "connecting") {
+        reportConnected(signal, current.id, () => state.call && state.call.id === current.id && state.call.state === "connecting")
+          .then((updated) => updated && onCallState(updated));
+      }
+    }
   });
   peer.addEventListener("stats", (event) => {
     const sample = event.detail;
-    const screen = sample.received.screen;
-    show($("#screen-empty"), !(screen && screen.framesDecoded > 0 && screen.fps > 0));
+    // The screen m-line exists from the start; the outlet shares when its frames keep coming.
+    const frames = sample.received.screen ? sample.received.screen.framesDecoded : 0;
+    const sharing = frames > (state.screenFrames || 0);
+    state.screenFrames = frames;
+    show($("#screen-empty"), !sharing);
+    document.body.dataset.screen = sharing ? "on" : "off";
     if (!state.outletLink) showQuality(qualityLevel(sample), sample.rtt);
   });
   try {
@@ -279,18 +324,22 @@ function endLocally() {
   state.peer = null;
   state.call = null;
   state.outletLink = null;
+  state.screenFrames = 0;
+  for (const id of ["#remote-camera", "#remote-screen", "#remote-audio"]) $(id).srcObject = null;
   $("#chat-log").replaceChildren();
   $("#snapshots").replaceChildren();
   show($("#ladder-note"), false);
+  show($("#call-overlay"), false);
   show($("#view-call"), false);
   show($("#view-queue"), true);
   document.body.dataset.stage = "queue";
+  updateTakeNext();
 }
 
 async function endCall() {
   if (!state.call) return;
   try {
-    await signal.request(EV.CALL_END, { session_id: state.call.id });
+    await signal.request(EV.CALL_END, { call_id: state.call.id });
   } catch (err) {
     banner(t("error") + err.message);
   }
@@ -307,9 +356,9 @@ function toggleMute() {
 
 async function snapshot() {
   if (!state.call) return;
-  const source = $("#screen-empty").hidden ? "screen" : "camera";
+  const source = document.body.dataset.screen === "on" ? "screen" : "camera";
   try {
-    const result = await signal.request(EV.SNAPSHOT_TAKE, { session_id: state.call.id, source }, { timeoutMs: 20000 });
+    const result = await signal.request(EV.SNAPSHOT_TAKE, { call_id: state.call.id, source }, { timeoutMs: 20000 });
     const img = el("img", { attrs: { alt: t("snapshot_taken"), src: result.url } });
     $("#snapshots").prepend(img);
   } catch (err) {
@@ -319,25 +368,32 @@ async function snapshot() {
 
 // ---- server events ------------------------------------------------------------------
 
-signal.on(EV.QUEUE_UPDATE, (update) => renderQueue(Array.isArray(update) ? update : update.calls || update.queue));
-signal.on(EV.CALLBACKS_UPDATE, (update) => renderCallbacks(Array.isArray(update) ? update : update.callbacks));
-signal.on(EV.PRESENCE_UPDATE, (update) => {
-  if (!update.user_id || update.user_id === config.user.id) setPresence(update.state);
+signal.on(EV.QUEUE_UPDATE, (update) => {
+  setQueue(update.department_id, update.calls);
+  renderQueue();
 });
-signal.on(EV.CALL_OFFERED, (call) => onCallState({ ...call, state: call.state || "offered" }));
-signal.on(EV.CALL_STATE, (call) => onCallState(call));
-signal.on(EV.CALL_ENDED, (info) => onCallState({ ...info, state: "ended" }));
+signal.on(EV.CALLBACK_UPDATE, (update) => {
+  state.callbacks.set(update.department_id, update.callbacks || []);
+  renderCallbacks();
+});
+signal.on(EV.CALL_STATE, (body) => onCallState(body.call));
+signal.on(EV.MEDIA_EVENT, (event) => {
+  if (!state.call || event.call_id !== state.call.id || !event.data || event.data.participant !== "outlet") return;
+  const overlay = $("#call-overlay");
+  if (event.kind === "participant_failed") {
+    overlay.textContent = t("remote_lost");
+    show(overlay, true);
+  } else if (event.kind === "participant_connected" || event.kind === "participant_media_resumed") {
+    show(overlay, false);
+  }
+});
 signal.on(EV.LINK_STATUS, (status) => {
   if (!state.call || status.from === "agent") return;
   state.outletLink = status;
   showQuality(status.level || "good", status.rtt_ms);
   const note = $("#ladder-note");
-  if (status.step) {
-    note.textContent = t(`remote_ladder_${status.step}`);
-    show(note, true);
-  } else {
-    show(note, false);
-  }
+  note.textContent = status.step ? t(`remote_ladder_${status.step}`) : "";
+  show(note, Boolean(status.step));
 });
 const chat = new Chat({ signal, log: $("#chat-log"), form: $("#chat-form"), input: $("#chat-input"), t, sessionId: () => state.call && state.call.id, me: "agent" });
 signal.on(EV.CHAT_MESSAGE, (message) => chat.receive(message));
@@ -346,16 +402,17 @@ $(".presence").addEventListener("click", choosePresence);
 $("#take-next").addEventListener("click", () => take(null));
 $("#queue-rows").addEventListener("click", (event) => {
   const button = event.target.closest(".take-this");
-  if (button) take(button.dataset.session);
+  if (button) take(button.dataset.call);
 });
 $("#callback-rows").addEventListener("click", (event) => {
   const button = event.target.closest(".call-back");
   if (button) callBack(Number(button.dataset.callback));
 });
-$("#incoming-accept").addEventListener("click", acceptOffered);
-$("#incoming-decline").addEventListener("click", declineOffered);
+$("#incoming-accept").addEventListener("click", () => take(state.alerted ? state.alerted.id : null));
+$("#incoming-decline").addEventListener("click", stopAlert);
 $("#btn-end").addEventListener("click", endCall);
 $("#btn-mute").addEventListener("click", toggleMute);
 $("#btn-snapshot").addEventListener("click", snapshot);
 setInterval(tickWaits, 1000);
+setInterval(heartbeat, HEARTBEAT_MS);
 document.body.dataset.stage = "queue";

@@ -9,6 +9,7 @@ import { measureNetwork } from "./netcheck.js";
 import { isValidIdNumber, isValidPhone } from "./idcard.js";
 import { ItemPicker } from "./items.js";
 import { Chat } from "./chat.js";
+import { reportConnected } from "./report.js";
 
 const config = pageConfig();
 const t = translator(config.messages || {});
@@ -57,38 +58,59 @@ signal.addEventListener("state", (event) => {
 async function resync() {
   let status;
   try {
-    status = await signal.request(EV.SYNC, {});
+    status = await signal.request(EV.SESSION_RESUME, {});
   } catch (err) {
     banner(t("error") + err.message);
     return;
   }
-  const call = status && status.call;
-  if (!call) {
-    if (state.stage === "waiting" || state.stage === "call") endLocally({ reason: "failed" });
+  if (!status.call) {
+    if (state.session && ["waiting", "call"].includes(state.stage)) endLocally({ reason: "failed" });
     return;
   }
-  onCallState(call);
+  onCallState(status.call);
+  if (status.position) showPosition(status.position);
+  // The media connection may have died with the network: make sure it comes back.
+  if (state.peer && state.peer.state !== "connected") state.peer.restart("socket reconnected");
 }
 
 function onCallState(call) {
-  if (!call || (state.session && call.session_id !== state.session.id && call.id !== state.session.id)) {
-    if (!state.session && call) state.session = { id: call.session_id || call.id };
-    else return;
+  if (!call) return;
+  if (state.session && call.id !== state.session.id) {
+    if (call.state === "ended") return; // an older call's late news
   }
-  if (!state.session) state.session = { id: call.session_id || call.id };
+  if (!state.session || state.session.id !== call.id) {
+    state.session = { id: call.id, item_name: call.item_name };
+  }
   state.session.state = call.state;
-  if (call.item_name) state.session.item_name = call.item_name;
+  state.session.call = call;
+  document.body.dataset.call = call.state;
+  $("#wait-item").textContent = call.item_name || "";
+  show($("#ring-box"), false);
   if (call.state === "queued") {
-    setStage("waiting");
-    showPosition(call);
+    if (state.stage !== "waiting") setStage("waiting");
+    show($("#call-cancel"), true);
   } else if (call.state === "offered") {
     setStage("waiting");
-    $("#wait-position").textContent = t("ringing");
-    $("#wait-eta").textContent = "";
+    if (call.direction === "outbound") {
+      // A county agent calls this outlet back: it rings here.
+      $("#ring-text").textContent = [call.department_name, call.agent && call.agent.name, call.item_name].filter(Boolean).join(" · ");
+      show($("#ring-box"), true);
+      show($("#call-cancel"), false);
+      $("#wait-position").textContent = "";
+      $("#wait-eta").textContent = "";
+    } else {
+      $("#wait-position").textContent = t("ringing");
+      $("#wait-eta").textContent = "";
+    }
   } else if (call.state === "connecting" || call.state === "in_call") {
+    const overlay = $("#call-overlay");
+    if (state.stage === "call" && call.agent_present === false) {
+      overlay.textContent = t("remote_lost");
+      show(overlay, true);
+    }
     enterCall(call);
   } else if (call.state === "ended") {
-    endLocally({ reason: call.end_reason || call.reason });
+    endLocally({ reason: call.end_reason });
   }
 }
 
@@ -188,8 +210,7 @@ function collectForm() {
         id_number: $("#applicant-id").value.trim().toUpperCase(),
         phone: $("#applicant-phone").value.trim(),
       },
-      priority: $("#applicant-priority").checked ? "priority" : "normal",
-      consent: true,
+      priority: $("#applicant-priority").checked,
     },
   };
 }
@@ -202,32 +223,33 @@ async function startCall(event) {
   const button = $("#call-start");
   button.disabled = true;
   try {
-    const result = await signal.request(EV.CALL_REQUEST, payload);
-    state.session = { id: result.session_id, item_name: picker.selected.name, state: result.state || "queued" };
-    $("#wait-item").textContent = picker.selected.name;
-    setStage("waiting");
+    const result = await signal.request(EV.CALL_START, payload);
+    state.session = null;
+    onCallState(result.call);
     show($("#callback-box"), false);
-    show($("#call-cancel"), true);
-    showPosition(result);
+    if (result.position) showPosition(result.position);
   } catch (err) {
-    if (["closed", "outside_hours", "no_agent", "nobody_available"].includes(err.code)) {
-      offerCallback(err);
-    } else {
-      formError(t("error") + err.message);
-    }
+    if (err.code === "desk_closed") offerCallback(err);
+    else formError(t("error") + err.message);
   } finally {
     button.disabled = false;
   }
 }
 
 function showPosition(info) {
-  const ahead = info.ahead ?? (info.position !== undefined ? Math.max(0, info.position - 1) : null);
-  if (ahead !== null && ahead !== undefined) {
-    $("#wait-position").textContent = ahead === 0 ? t("queue_first") : t("queue_position", { ahead });
-  }
-  const eta = info.estimated_wait_seconds ?? info.eta_seconds;
-  if (eta !== undefined && eta !== null) {
-    $("#wait-eta").textContent = eta < 60 ? t("queue_wait_short") : t("queue_wait", { minutes: Math.round(eta / 60) });
+  if (!info || (state.session && info.call_id && info.call_id !== state.session.id)) return;
+  if (!info.position) return;
+  const ahead = Math.max(0, info.position - 1);
+  $("#wait-position").textContent = ahead === 0 ? t("queue_first") : t("queue_position", { ahead });
+  const eta = info.estimated_wait_seconds;
+  $("#wait-eta").textContent = eta === undefined || eta === null ? "" : eta < 60 ? t("queue_wait_short") : t("queue_wait", { minutes: Math.round(eta / 60) });
+  // Nobody of the desk online: say so, and offer a callback while still waiting.
+  if (info.agents_online === 0) {
+    $("#callback-reason").textContent = t("nobody");
+    show($("#callback-box"), true);
+    show($("#callback-back"), false);
+  } else if (state.stage === "waiting" && state.session && state.session.state === "queued") {
+    show($("#callback-box"), false);
   }
 }
 
@@ -237,10 +259,11 @@ function offerCallback(err) {
   $("#wait-item").textContent = picker.selected ? picker.selected.name : "";
   $("#wait-position").textContent = "";
   $("#wait-eta").textContent = "";
-  let reason = err.code === "closed" || err.code === "outside_hours" ? t("closed_hours") : t("nobody");
-  const opens = err.details && (err.details.opens_at_text || err.details.opens_at);
-  if (opens) reason += " " + t("opens_at", { when: opens });
+  let reason = err.code === "desk_closed" ? t("closed_hours") : t("nobody");
+  const opens = err.details && err.details.opens_at;
+  if (opens) reason += " " + t("opens_at", { when: new Date(opens).toLocaleString() });
   $("#callback-reason").textContent = reason;
+  show($("#callback-back"), true);
   show($("#callback-box"), true);
 }
 
@@ -251,10 +274,21 @@ async function sendCallback() {
     return;
   }
   try {
-    await signal.request(EV.CALLBACK_REQUEST, { ...payload, note: $("#callback-when").value.trim() });
+    await signal.request(EV.CALLBACK_CREATE, {
+      item_id: payload.item_id,
+      applicant: payload.applicant,
+      note: $("#callback-when").value.trim(),
+    });
+    // Waiting on and leaving a callback would be two places in two lines: leave the queue.
+    if (state.session && state.session.state === "queued") {
+      await signal.request(EV.CALL_CANCEL, { call_id: state.session.id }).catch(() => {});
+      state.session = null;
+    }
     show($("#callback-box"), false);
+    show($("#call-cancel"), false);
     $("#wait-position").textContent = t("callback_sent");
-    setTimeout(() => resetForNext(), 3000);
+    $("#wait-eta").textContent = "";
+    setTimeout(() => resetForNext(), 4000);
   } catch (err) {
     $("#callback-reason").textContent = t("error") + err.message;
   }
@@ -262,19 +296,32 @@ async function sendCallback() {
 
 async function cancelCall() {
   if (!state.session) return setStage("form");
+  const id = state.session.id;
+  state.session = null;
   try {
-    await signal.request(EV.CALL_CANCEL, { session_id: state.session.id });
+    await signal.request(EV.CALL_CANCEL, { call_id: id });
   } catch (err) {
     banner(t("error") + err.message);
   }
-  state.session = null;
   setStage("form");
+}
+
+async function answerRing(accept) {
+  if (!state.session) return;
+  show($("#ring-box"), false);
+  try {
+    const result = await signal.request(accept ? EV.CALL_ACCEPT : EV.CALL_DECLINE, { call_id: state.session.id });
+    onCallState(result.call);
+  } catch (err) {
+    banner(t("error") + err.message);
+  }
 }
 
 // ---- in call ------------------------------------------------------------------------
 
 async function enterCall(call) {
   if (state.stage !== "call") setStage("call");
+  state.session.answered = true;
   if (state.peer) return;
   if (!state.media) {
     try {
@@ -311,6 +358,11 @@ async function enterCall(call) {
     } else if (s === "connected") {
       show(overlay, false);
       document.body.dataset.media = "connected";
+      const session = state.session;
+      if (session && session.state === "connecting") {
+        reportConnected(signal, session.id, () => state.session === session && session.state === "connecting")
+          .then((call) => call && onCallState(call));
+      }
     } else if (s === "failed") {
       overlay.textContent = t("media_failed");
       show(overlay, true);
@@ -334,7 +386,7 @@ function onStats(sample) {
   if (step !== null) setLadderStep(step, sample);
   if (state.session) {
     signal.send(EV.LINK_REPORT, {
-      session_id: state.session.id,
+      call_id: state.session.id,
       level,
       step: state.ladder.step,
       rtt_ms: sample.rtt,
@@ -424,7 +476,7 @@ function endLocally({ reason } = {}) {
   const ended = state.session;
   state.lastEnded = ended;
   state.session = null;
-  const wasInCall = ended && ["connecting", "in_call"].includes(ended.state);
+  const wasInCall = Boolean(ended && (ended.answered || (ended.call && ended.call.answered_at)));
   $("#ended-text").textContent = t("call_ended") + (reason ? " — " + t(`ended_reason_${reason}`) : "");
   if (wasInCall || reason === "completed") {
     setStage("rating");
@@ -496,14 +548,19 @@ function resetForNext() {
 const chat = new Chat({ signal, log: $("#chat-log"), form: $("#chat-form"), input: $("#chat-input"), t, sessionId: () => state.session && state.session.id });
 
 signal.on(EV.QUEUE_POSITION, (info) => {
-  if (state.session && info.session_id === state.session.id && state.stage === "waiting") showPosition(info);
+  if (state.session && info.call_id === state.session.id && state.stage === "waiting") showPosition(info);
 });
-signal.on(EV.CALL_STATE, (call) => onCallState(call));
-signal.on(EV.CALL_OFFERED, (call) => onCallState({ ...call, state: call.state || "offered" }));
-signal.on(EV.CALL_ENDED, (info) => {
-  if (state.session && (info.session_id === state.session.id)) {
-    state.session.state = state.session.state || info.state;
-    endLocally({ reason: info.reason || info.end_reason });
+signal.on(EV.CALL_STATE, (body) => onCallState(body.call));
+signal.on(EV.MEDIA_EVENT, (event) => {
+  if (!state.session || event.call_id !== state.session.id) return;
+  const overlay = $("#call-overlay");
+  if (event.data && event.data.participant === "agent") {
+    if (event.kind === "participant_failed") {
+      overlay.textContent = t("remote_lost");
+      show(overlay, true);
+    } else if (event.kind === "participant_connected" || event.kind === "participant_media_resumed") {
+      if (!state.peer || state.peer.state === "connected") show(overlay, false);
+    }
   }
 });
 signal.on(EV.CHAT_MESSAGE, (message) => chat.receive(message));
@@ -536,6 +593,8 @@ $("#call-form").addEventListener("submit", startCall);
 $("#call-cancel").addEventListener("click", cancelCall);
 $("#callback-send").addEventListener("click", sendCallback);
 $("#callback-back").addEventListener("click", () => setStage("form"));
+$("#ring-accept").addEventListener("click", () => answerRing(true));
+$("#ring-decline").addEventListener("click", () => answerRing(false));
 $("#btn-share").addEventListener("click", toggleShare);
 $("#btn-camera").addEventListener("click", switchCamera);
 $("#btn-mute").addEventListener("click", toggleMute);

@@ -141,9 +141,12 @@ export class Peer extends EventTarget {
     for (const [transceiver, role] of roles) tracks[transceiver.mid] = role;
     const answer = await this.signal.request(
       this.offerEvent,
-      { session_id: this.sessionId, sdp: pc.localDescription.sdp, type: "offer", tracks },
+      { call_id: this.sessionId, sdp: pc.localDescription.sdp, type: "offer", tracks },
       { timeoutMs: 15000 },
     );
+    // The server hands its ICE servers (TURN credentials) out with the answer: they serve
+    // every later peer connection of this call (docs/ui.md: wanted before the first offer).
+    if (Array.isArray(answer.ice_servers) && answer.ice_servers.length) this.iceServers = answer.ice_servers;
     if (pc !== this.pc || this.closed) {
       pc.close();
       return;
@@ -169,9 +172,15 @@ export class Peer extends EventTarget {
       if (!sender) continue;
       const params = sender.getParameters();
       if (!params.encodings || !params.encodings.length) continue;
-      const want = LADDER[step][source];
+      const want = { ...LADDER[step][source] };
+      const sharing = Boolean(this.sources.screen);
+      // While a document is shared it is what the agent reads: the screen gets the bandwidth
+      // first (priority) and the camera gives some up.
+      if (source === "camera" && sharing && want.maxBitrate) want.maxBitrate = Math.min(want.maxBitrate, 250_000);
       for (const encoding of params.encodings) {
         encoding.active = want.active;
+        encoding.priority = source === "screen" || !sharing ? "high" : "low";
+        encoding.networkPriority = encoding.priority;
         for (const key of ["maxBitrate", "scaleResolutionDownBy", "maxFramerate"]) {
           if (want[key] !== undefined) encoding[key] = want[key];
         }
@@ -335,41 +344,51 @@ export function qualityLevel(sample) {
 }
 
 /**
- * The weak-link ladder's decision: step down fast (two bad samples), step up slowly
- * (ten good samples in a row), one step at a time.
+ * The weak-link ladder's decision: step down after three bad samples in a row (loss or
+ * round trip, or a send estimate too small for what is being sent), step up after fifteen
+ * good ones, one step at a time and never twice within five seconds.
  */
 export class Ladder {
-  constructor({ maxStep = 3 } = {}) {
+  constructor({ maxStep = 3, now = () => performance.now() } = {}) {
     this.step = 0;
     this.maxStep = maxStep;
     this.bad = 0;
     this.good = 0;
+    this.now = now;
+    this.changedAt = -Infinity;
   }
 
   /** Feed one sample; returns the new step when it changes, else null. */
   update(sample) {
     const level = qualityLevel(sample);
-    const starved = sample.availableOut !== null && sample.availableOut < [250, 120, 60, 0][this.step];
+    // kbit/s below which the current step cannot be carried at all.
+    const floor = [100, 60, 40, 0][this.step];
+    const starved = sample.availableOut !== null && sample.availableOut !== undefined && sample.availableOut < floor;
     if (level === "bad" || level === "poor" || starved) {
       this.bad += 1;
       this.good = 0;
-    } else if (level === "good" || (level === "fair" && this.step > 1)) {
+    } else if (level === "good") {
       this.good += 1;
       this.bad = 0;
     } else {
       this.bad = 0;
       this.good = 0;
     }
-    if (this.bad >= 2 && this.step < this.maxStep) {
-      this.step += 1;
-      this.bad = 0;
-      return this.step;
+    if (this.now() - this.changedAt < 5000) return null;
+    if (this.bad >= 3 && this.step < this.maxStep) {
+      return this.#move(this.step + 1);
     }
-    if (this.good >= 10 && this.step > 0) {
-      this.step -= 1;
-      this.good = 0;
-      return this.step;
+    if (this.good >= 15 && this.step > 0) {
+      return this.#move(this.step - 1);
     }
     return null;
+  }
+
+  #move(step) {
+    this.step = step;
+    this.bad = 0;
+    this.good = 0;
+    this.changedAt = this.now();
+    return step;
   }
 }

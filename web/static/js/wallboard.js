@@ -1,4 +1,7 @@
 // The supervisor wallboard: calls waiting, oldest wait, agents by state, calls in progress.
+// Built from session:resume (agents and queues) and kept live by presence:update and
+// queue:update. Calls in progress are the busy agents' calls: signalling sends supervisors
+// no per-call events yet (docs/ui.md), so outlet and item of a call are not shown.
 
 import { $, el, formatDuration, pageConfig, translator } from "./dom.js";
 import { Signal } from "./socket.js";
@@ -6,87 +9,99 @@ import { EV } from "./protocol.js";
 
 const config = pageConfig();
 const t = translator(config.messages || {});
-const board = { waiting: [], calls: [], agents: [], receivedAt: Date.now() };
+const board = { queues: new Map(), agents: new Map(), offset: 0 };
 
-function seconds(value) {
-  if (typeof value === "number") return Date.now() / 1000 - value;
-  if (typeof value === "string") return (Date.now() - Date.parse(value)) / 1000;
-  return 0;
+function nowServer() {
+  return Date.now() / 1000 + board.offset;
 }
 
 function deptName(id) {
   return (config.departments && config.departments[String(id)]) || "";
 }
 
-function outletName(entry) {
-  if (entry.outlet_name) return entry.outlet_name;
-  const outlet = config.outlets && config.outlets[String(entry.outlet_id)];
-  return outlet ? outlet.name : "";
+function waitingCalls() {
+  const all = [];
+  for (const [deptId, queue] of board.queues) {
+    for (const c of queue.calls) all.push({ ...c, department_id: deptId, waited: c.wait_seconds + (Date.now() - queue.received_at) / 1000 });
+  }
+  return all.sort((a, b) => b.waited - a.waited);
 }
 
 function render() {
-  const waiting = board.waiting;
+  const waiting = waitingCalls();
   $("#tile-waiting").textContent = String(waiting.length);
-  const oldest = waiting.reduce((max, c) => Math.max(max, seconds(c.queued_at)), 0);
-  $("#tile-oldest").textContent = waiting.length ? formatDuration(t, oldest) : "—";
-  $("#tile-calls").textContent = String(board.calls.length);
+  $("#tile-oldest").textContent = waiting.length ? formatDuration(t, waiting[0].waited) : "—";
+  const agents = Array.from(board.agents.values()).sort((a, b) => a.name.localeCompare(b.name));
   const counts = { available: 0, busy: 0, away: 0, offline: 0 };
-  for (const agent of board.agents) counts[agent.state] = (counts[agent.state] || 0) + 1;
+  for (const agent of agents) counts[agent.state] = (counts[agent.state] || 0) + 1;
+  const busy = agents.filter((a) => a.state === "busy" && a.call_id);
+  $("#tile-calls").textContent = String(busy.length);
   $("#tile-available").textContent = String(counts.available);
   $("#agent-states").replaceChildren(
     ...Object.entries(counts).map(([s, n]) => el("span", { cls: `state-${s}`, attrs: { "data-state": s }, text: `${t(`presence_${s}`)} ${n}` })),
   );
   $("#agent-rows").replaceChildren(
-    ...board.agents.map((agent) =>
-      el("tr", { children: [
-        el("td", { text: agent.display_name || agent.name || agent.username || "" }),
+    ...agents.map((agent) =>
+      el("tr", { attrs: { "data-agent": agent.user_id }, children: [
+        el("td", { text: agent.name }),
         el("td", { children: [el("span", { cls: `state-${agent.state}`, text: t(`presence_${agent.state}`) })] }),
-        el("td", { text: agent.since ? formatDuration(t, seconds(agent.since)) : "" }),
+        el("td", { text: agent.since ? formatDuration(t, nowServer() - agent.since) : "" }),
       ] }),
     ),
   );
   $("#waiting-rows").replaceChildren(
     ...waiting.map((c) =>
-      el("tr", { cls: c.priority === "priority" ? "priority" : "", children: [
-        el("td", { text: formatDuration(t, seconds(c.queued_at)) }),
-        el("td", { text: c.department_name || deptName(c.department_id) }),
-        el("td", { text: outletName(c) }),
+      el("tr", { cls: c.priority === "priority" ? "priority" : "", attrs: { "data-call": c.id }, children: [
+        el("td", { text: formatDuration(t, c.waited) }),
+        el("td", { text: deptName(c.department_id) }),
+        el("td", { text: [c.outlet_name, c.island].filter(Boolean).join(" · ") }),
         el("td", { text: c.item_name || "" }),
         el("td", { text: c.priority === "priority" ? t("priority_high") : t("priority_normal") }),
       ] }),
     ),
   );
   $("#call-rows").replaceChildren(
-    ...board.calls.map((c) =>
-      el("tr", { children: [
-        el("td", { text: formatDuration(t, seconds(c.answered_at || c.offered_at || c.queued_at)) }),
-        el("td", { text: c.department_name || deptName(c.department_id) }),
-        el("td", { text: outletName(c) }),
-        el("td", { text: c.item_name || "" }),
-        el("td", { text: c.agent_name || "" }),
-        el("td", { text: c.state || "" }),
+    ...busy.map((agent) =>
+      el("tr", { attrs: { "data-call": agent.call_id }, children: [
+        el("td", { text: agent.since ? formatDuration(t, nowServer() - agent.since) : "" }),
+        el("td", { text: (agent.department_ids || []).map(deptName).filter(Boolean).join("、") }),
+        el("td", { text: "" }),
+        el("td", { text: "" }),
+        el("td", { text: agent.name }),
+        el("td", { text: t("presence_busy") }),
       ] }),
     ),
   );
-  $("#calls-empty").hidden = board.calls.length > 0;
+  $("#calls-empty").hidden = busy.length > 0;
 }
 
-function apply(update) {
-  if (!update) return;
-  if (update.waiting) board.waiting = update.waiting;
-  if (update.calls) board.calls = update.calls;
-  if (update.agents) board.agents = update.agents;
-  render();
+function setQueue(departmentId, calls) {
+  board.queues.set(departmentId, { calls: calls || [], received_at: Date.now() });
 }
 
 const signal = new Signal({
-  onConnect: async (s) => apply(await s.request(EV.WALLBOARD_SUBSCRIBE, {})),
+  onConnect: async (s) => {
+    const status = await s.request(EV.SESSION_RESUME, {});
+    if (status.server_time) board.offset = status.server_time - Date.now() / 1000;
+    board.agents.clear();
+    for (const agent of status.agents || []) board.agents.set(agent.user_id, agent);
+    board.queues.clear();
+    for (const queue of status.queues || []) setQueue(queue.department_id, queue.calls);
+    render();
+  },
 });
 signal.addEventListener("state", (event) => {
   const node = $("#conn-status");
   node.dataset.state = event.detail.state;
   node.textContent = event.detail.state === "connected" ? t("connected") : t("disconnected");
 });
-signal.on(EV.WALLBOARD_UPDATE, apply);
+signal.on(EV.PRESENCE_UPDATE, (update) => {
+  if (update.agent) board.agents.set(update.agent.user_id, update.agent);
+  render();
+});
+signal.on(EV.QUEUE_UPDATE, (update) => {
+  setQueue(update.department_id, update.calls);
+  render();
+});
 setInterval(render, 1000);
 render();
