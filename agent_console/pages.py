@@ -13,7 +13,8 @@ from sqlalchemy import select
 
 from cloudhall import appkeys
 from cloudhall.http import principal, requires
-from cloudhall.identities import Department, Role
+from cloudhall.catalog import ServiceItem
+from cloudhall.identities import Department, Outlet, Role
 
 
 @requires(Role.AGENT)
@@ -24,8 +25,19 @@ async def console_page(request: web.Request) -> web.Response:
             select(Department).where(Department.id.in_(who.department_ids)).order_by(Department.code)
         )
         departments = [{"id": d.id, "code": d.code, "name": d.name} for d in rows]
+        # Callback rows name their outlet and item by id only: the page labels them.
+        outlets = {
+            str(o.id): {"name": o.name, "island": o.island}
+            for o in await session.scalars(select(Outlet).where(Outlet.county == who.county))
+        }
+        items = {
+            str(i.id): i.name
+            for i in await session.scalars(select(ServiceItem).where(ServiceItem.department_id.in_(who.department_ids)))
+        }
     return aiohttp_jinja2.render_template(
-        "console.html", request, {"departments": departments, "county": who.county}
+        "console.html",
+        request,
+        {"departments": departments, "county": who.county, "outlets": outlets, "items": items},
     )
 
 

@@ -61,7 +61,7 @@ async def video_playing(page: Any, selector: str, what: str, timeout: float = 25
     await wait_for(rising, timeout=timeout, interval=0.2, what=f"{what}: framesDecoded rising from {first}")
 
 
-async def outlet_ready(browser: Any, server: LiveServer) -> tuple[Any, Any]:
+async def outlet_ready(browser: Any, server: LiveServer, item: str = "cxjm") -> tuple[Any, Any]:
     page, log = await open_page(browser, server, "outlet")
     await login_page(page, server, "staff1", "/outlet")
     await page.wait_for_selector("#check-camera[data-result=ok]")
@@ -69,7 +69,7 @@ async def outlet_ready(browser: Any, server: LiveServer) -> tuple[Any, Any]:
     await page.click("#check-screen-run")
     await page.wait_for_selector("#check-screen[data-result=ok]")
     await page.click("#check-continue")
-    await page.fill("#item-search", "cxjm")
+    await page.fill("#item-search", item)
     await page.click("#item-list .item-btn")
     await page.fill("#applicant-name", "王阿婆")
     await page.fill("#applicant-id", "11010519491231002X")

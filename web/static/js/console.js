@@ -110,8 +110,10 @@ function waited(entry) {
   return entry.wait_seconds + (Date.now() - entry.received_at) / 1000;
 }
 
-function setQueue(departmentId, calls, { announce = true } = {}) {
+function setQueue(departmentId, calls, { announce = true, total = null } = {}) {
   const now = Date.now();
+  state.totals = state.totals || new Map();
+  state.totals.set(departmentId, total ?? (calls || []).length);
   const fresh = [];
   state.queues.set(departmentId, (calls || []).map((entry) => {
     if (!state.seen.has(entry.id)) {
@@ -145,7 +147,9 @@ function renderQueue() {
     });
   });
   $("#queue-rows").replaceChildren(...rows);
-  $("#queue-count").textContent = String(list.length);
+  let total = 0;
+  for (const n of (state.totals || new Map()).values()) total += n;
+  $("#queue-count").textContent = String(Math.max(total, list.length));
   show($("#queue-empty"), !list.length);
   updateTakeNext();
   if (!list.length) stopAlert();
@@ -165,11 +169,13 @@ function renderCallbacks() {
     el("tr", {
       children: [
         el("td", { text: cb.created_at ? new Date(cb.created_at).toLocaleTimeString() : "" }),
-        el("td", { text: cb.outlet_name || "" }),
-        el("td", { text: cb.item_name || "" }),
+        el("td", { text: cb.outlet_name || (config.outlets[String(cb.outlet_id)] || {}).name || "" }),
+        el("td", { text: cb.item_name || config.items[String(cb.service_item_id)] || "" }),
         el("td", { text: (cb.applicant && cb.applicant.name) || "" }),
         el("td", { text: cb.note || (cb.preferred_time ? new Date(cb.preferred_time).toLocaleString() : "") }),
-        el("td", { children: [el("button", { cls: "btn-secondary call-back", attrs: { type: "button", "data-callback": cb.id }, text: t("call_back") })] }),
+        el("td", { children: [cb.status === "calling"
+          ? el("span", { text: t("presence_busy") })
+          : el("button", { cls: "btn-secondary call-back", attrs: { type: "button", "data-callback": cb.id }, text: t("call_back") })] }),
       ],
     }),
   );
@@ -254,6 +260,7 @@ function onCallState(call) {
 
 async function enterCall(call) {
   stopAlert();
+  setPresence("busy"); // the server made us busy; it tells supervisors, and our heartbeat confirms
   show($("#view-queue"), false);
   show($("#view-call"), true);
   document.body.dataset.stage = "call";
@@ -334,6 +341,7 @@ function endLocally() {
   show($("#view-queue"), true);
   document.body.dataset.stage = "queue";
   updateTakeNext();
+  heartbeat();
 }
 
 async function endCall() {
@@ -369,7 +377,7 @@ async function snapshot() {
 // ---- server events ------------------------------------------------------------------
 
 signal.on(EV.QUEUE_UPDATE, (update) => {
-  setQueue(update.department_id, update.calls);
+  setQueue(update.department_id, update.calls, { total: update.total });
   renderQueue();
 });
 signal.on(EV.CALLBACK_UPDATE, (update) => {

@@ -86,6 +86,7 @@ function onCallState(call) {
   document.body.dataset.call = call.state;
   $("#wait-item").textContent = call.item_name || "";
   show($("#ring-box"), false);
+  show($("#wait-title"), true);
   if (call.state === "queued") {
     if (state.stage !== "waiting") setStage("waiting");
     show($("#call-cancel"), true);
@@ -95,6 +96,7 @@ function onCallState(call) {
       // A county agent calls this outlet back: it rings here.
       $("#ring-text").textContent = [call.department_name, call.agent && call.agent.name, call.item_name].filter(Boolean).join(" · ");
       show($("#ring-box"), true);
+      show($("#wait-title"), false);
       show($("#call-cancel"), false);
       $("#wait-position").textContent = "";
       $("#wait-eta").textContent = "";

@@ -29,7 +29,9 @@ function waitingCalls() {
 
 function render() {
   const waiting = waitingCalls();
-  $("#tile-waiting").textContent = String(waiting.length);
+  let total = 0;
+  for (const queue of board.queues.values()) total += queue.total;
+  $("#tile-waiting").textContent = String(Math.max(total, waiting.length));
   $("#tile-oldest").textContent = waiting.length ? formatDuration(t, waiting[0].waited) : "—";
   const agents = Array.from(board.agents.values()).sort((a, b) => a.name.localeCompare(b.name));
   const counts = { available: 0, busy: 0, away: 0, offline: 0 };
@@ -75,8 +77,8 @@ function render() {
   $("#calls-empty").hidden = busy.length > 0;
 }
 
-function setQueue(departmentId, calls) {
-  board.queues.set(departmentId, { calls: calls || [], received_at: Date.now() });
+function setQueue(departmentId, calls, total) {
+  board.queues.set(departmentId, { calls: calls || [], total: total ?? (calls || []).length, received_at: Date.now() });
 }
 
 const signal = new Signal({
@@ -100,7 +102,7 @@ signal.on(EV.PRESENCE_UPDATE, (update) => {
   render();
 });
 signal.on(EV.QUEUE_UPDATE, (update) => {
-  setQueue(update.department_id, update.calls);
+  setQueue(update.department_id, update.calls, update.total);
   render();
 });
 setInterval(render, 1000);
