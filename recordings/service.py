@@ -6,7 +6,9 @@ attributes it needs from the call it is given and never imports signalling.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 from typing import Any, Protocol, Sequence
 
@@ -19,6 +21,9 @@ from recordings.eventlog import append_event
 from recordings.models import CallSession
 
 log = logging.getLogger(__name__)
+
+# Writes committed together at most (group commit).
+BATCH_LIMIT = 200
 
 
 class CallFacts(Protocol):
@@ -77,10 +82,66 @@ class SessionRecords:
 
     def __init__(self, db: Database) -> None:
         self._db = db
+        self._pending: asyncio.Queue[tuple[Callable[[AsyncSession], Awaitable[None]], asyncio.Future[None]]]
+        self._pending = asyncio.Queue()
+        self._writer: asyncio.Task[None] | None = None
+
+    async def _write(self, work: Callable[[AsyncSession], Awaitable[None]]) -> None:
+        """Run ``work`` in a transaction shared with other writes queued at the same moment.
+
+        Group commit: one writer task drains what is pending and commits it together, so a
+        busy node makes one transaction per batch instead of one per event (SQLite has a
+        single writer; PostgreSQL pays a round trip per commit). The caller still returns
+        only once its write is committed. A failing batch is retried item by item, so one
+        bad write fails only its own caller.
+        """
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.get_running_loop().create_task(self._drain(), name="session-records-writer")
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        await self._pending.put((work, done))
+        await done
+
+    async def _drain(self) -> None:
+        while True:
+            batch = [await self._pending.get()]
+            while not self._pending.empty() and len(batch) < BATCH_LIMIT:
+                batch.append(self._pending.get_nowait())
+            try:
+                async with self._db.transaction() as session:
+                    for work, _ in batch:
+                        await work(session)
+            except Exception:
+                if asyncio.current_task().cancelling():  # type: ignore[union-attr]
+                    raise
+                for work, done in batch:
+                    try:
+                        async with self._db.transaction() as session:
+                            await work(session)
+                    except Exception as exc:
+                        if not done.done():
+                            done.set_exception(exc)
+                    else:
+                        if not done.done():
+                            done.set_result(None)
+            else:
+                for _, done in batch:
+                    if not done.done():
+                        done.set_result(None)
+
+    async def close(self) -> None:
+        """Stop the writer (after the writes already queued)."""
+        if self._writer is not None:
+            self._writer.cancel()
+            try:
+                await self._writer
+            except asyncio.CancelledError:
+                pass
+            self._writer = None
 
     async def open(self, call: CallFacts, events: Sequence[EventFacts], node: str) -> None:
         """Create the session row of a new call and write its first events."""
-        async with self._db.transaction() as session:
+
+        async def work(session: AsyncSession) -> None:
             session.add(
                 CallSession(
                     id=call.id,
@@ -99,11 +160,14 @@ class SessionRecords:
             await session.flush()
             for event in events:
                 await append_event(session, call.id, event.kind, event.actor, event.data, _dt(event.at))
+
+        await self._write(work)
         log.info("session %s: opened (%s)", call.id, ", ".join(e.kind for e in events))
 
     async def record(self, call: CallFacts, events: Sequence[EventFacts]) -> None:
         """Write the transition's events and the session's new state, agent, times and end reason."""
-        async with self._db.transaction() as session:
+
+        async def work(session: AsyncSession) -> None:
             await _lock_session(session, call.id)
             row = await session.get(CallSession, call.id, with_for_update=True)
             if row is None:
@@ -120,11 +184,16 @@ class SessionRecords:
             if call.ended_at is not None:
                 row.ended_at = _dt(call.ended_at)
                 row.end_reason = _value(call.end_reason)
+
+        await self._write(work)
         if events:
             log.info("session %s: %s -> %s", call.id, ", ".join(e.kind for e in events), _value(call.state))
 
     async def append(self, session_id: str, kind: str, actor: str, data: dict[str, Any], at: float) -> None:
         """Append one event that changes no state (media and recording events)."""
-        async with self._db.transaction() as session:
+
+        async def work(session: AsyncSession) -> None:
             await _lock_session(session, session_id)
             await append_event(session, session_id, kind, actor, data, _dt(at))
+
+        await self._write(work)

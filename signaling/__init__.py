@@ -132,6 +132,7 @@ async def _signaling_ctx(app: web.Application) -> AsyncIterator[None]:
         if bridge.media is not None:
             await bridge.media.close()
         await sio.shutdown()
+        await records.close()
         if manager is not None:
             thread = getattr(manager, "thread", None)
             if thread is not None:
