@@ -96,3 +96,43 @@ async def test_english_switch(browser, live_server):
     await page.wait_for_selector("#check-camera[data-result=ok]")
     assert await page.text_content("#check-camera .check-text") == "Camera and microphone work"
     await assert_clean(page, log)
+
+
+async def test_browser_modules_logic(browser, live_server):
+    """Pure logic of the page modules, run in Chromium: ladder, quality, network verdict, search."""
+    page, log = await open_page(browser, live_server, "outlet")
+    await login_page(page, live_server, "staff1", "/outlet")
+    result = await page.evaluate(
+        """async () => {
+          const { Ladder, qualityLevel } = await import('/static/js/peer.js');
+          const { verdict } = await import('/static/js/netcheck.js');
+          const { searchItems } = await import('/static/js/items.js');
+          const { translator } = await import('/static/js/dom.js');
+          let clock = 0;
+          const ladder = new Ladder({ now: () => clock });
+          const bad = { rtt: 600, lossIn: 20, lossOut: 20, availableOut: 50 };
+          const good = { rtt: 20, lossIn: 0, lossOut: 0, availableOut: 2000 };
+          const steps = [];
+          for (let i = 0; i < 40; i += 1) { clock += 1000; const s = ladder.update(bad); if (s !== null) steps.push(s); }
+          for (let i = 0; i < 80; i += 1) { clock += 1000; const s = ladder.update(good); if (s !== null) steps.push(s); }
+          const items = [
+            { id: 1, name: '城乡居民养老保险参保登记', initials: 'cxjmylbxcbdj', high_frequency: true },
+            { id: 2, name: '低保申请', initials: 'dbsq', high_frequency: false },
+            { id: 3, name: '医保参保登记', initials: 'ybcbdj', high_frequency: true },
+          ];
+          const t = translator({ q: '往返 %(rtt)s 毫秒，丢包 %(loss)s%%' });
+          return {
+            steps,
+            levels: [qualityLevel(good), qualityLevel({ rtt: 200, lossIn: 0 }), qualityLevel({ rtt: 350 }), qualityLevel(bad)],
+            verdicts: [verdict(30, 0), verdict(200, 0), verdict(500, 0), verdict(null, 1)],
+            search: ['cbdj', '参保', 'db', ''].map((q) => searchItems(items, q).map((i) => i.id)),
+            text: t('q', { rtt: 12, loss: 3 }),
+          };
+        }"""
+    )
+    assert result["steps"] == [1, 2, 3, 2, 1, 0], "down one step at a time to audio only, then back up"
+    assert result["levels"] == ["good", "fair", "poor", "bad"]
+    assert result["verdicts"] == ["good", "fair", "poor", "fail"]
+    assert result["search"] == [[1, 3], [1, 3], [2], [1, 2, 3]]
+    assert result["text"] == "往返 12 毫秒，丢包 3%"
+    await assert_clean(page, log)
