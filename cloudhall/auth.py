@@ -15,7 +15,9 @@ from datetime import datetime, timedelta
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import ForeignKey, Integer, String, delete
+from sqlalchemy import ForeignKey, Integer, String, case, delete, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -127,20 +129,30 @@ class AuthService:
         return token, Authenticated(Principal.from_user(user), csrf)
 
     async def _record_failure(self, session: AsyncSession, keys: list[str], now: datetime) -> None:
+        """Count one failure per key atomically (two nodes failing at once both count)."""
         window = timedelta(seconds=self._settings.login_lockout_seconds)
+        insert = sqlite_insert if session.bind.dialect.name == "sqlite" else pg_insert
         for key in keys:
-            row = await session.get(LoginThrottle, key)
-            if row is None:
-                row = LoginThrottle(key=key, failures=0, last_failure_at=now)
-                session.add(row)
-            elif now - row.last_failure_at > window:
-                row.failures = 0
-            row.failures += 1
-            row.last_failure_at = now
+            await session.execute(
+                insert(LoginThrottle)
+                .values(key=key, failures=0, last_failure_at=now)
+                .on_conflict_do_nothing(index_elements=["key"])
+            )
             # The address limit is looser: a whole service point may share one address.
             limit = self._settings.login_max_failures * (1 if key.startswith("user:") else 4)
-            if row.failures >= limit:
-                row.locked_until = now + window
+            # A failure older than the window starts a new count.
+            failures = case(
+                (LoginThrottle.last_failure_at < now - window, 1), else_=LoginThrottle.failures + 1
+            )
+            await session.execute(
+                update(LoginThrottle)
+                .where(LoginThrottle.key == key)
+                .values(
+                    failures=failures,
+                    last_failure_at=now,
+                    locked_until=case((failures >= limit, now + window), else_=LoginThrottle.locked_until),
+                )
+            )
 
     async def resolve(self, token: str | None) -> Authenticated | None:
         """Return who holds this session cookie, or None when it is unknown, expired or disabled."""
