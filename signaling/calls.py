@@ -306,6 +306,7 @@ def transfer(
         CallState.QUEUED,
         department_id=department_id,
         department_name=department_name,
+        direction="inbound",  # a transferred callback waits like any call now
         front=True,
         agent_id=None,
         agent_name="",

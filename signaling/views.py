@@ -38,6 +38,7 @@ def public_call(call: Call, now: float) -> dict[str, Any]:
     """The call as both sides and supervisors see it (the applicant is already masked)."""
     return {
         "id": call.id,
+        "version": call.version,
         "state": call.state.value,
         "direction": call.direction,
         "department_id": call.department_id,
