@@ -47,7 +47,7 @@ def _node_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
-def _media_server(settings: Settings, bridge: Any) -> tuple[Any, Any]:
+def _media_server(settings: Settings, bridge: Any, disk: Any) -> tuple[Any, Any]:
     """The node's MediaServer and its offer type, or (None, None) where media is unavailable."""
     try:
         from media.server import MediaServer, OfferIn
@@ -55,21 +55,47 @@ def _media_server(settings: Settings, bridge: Any) -> tuple[Any, Any]:
         log.warning("media is not available on this node: %s", exc)
         return None, None
     sink_factory = None
-    try:
+    if disk is not None:
         from recordings.writer import SessionRecorder
-    except ImportError:
-        log.warning("the recorder is not available: calls are not recorded")
-    else:
+
         root = settings.media.recordings_dir
 
         def sink_factory(session_id: str) -> Any:
-            return SessionRecorder(session_id, root, bridge)
+            return SessionRecorder(session_id, root, bridge, disk_writer=disk)
 
     try:
         return MediaServer(settings.media, sink_factory=sink_factory, events=bridge), OfferIn
     except Exception:
         log.exception("media server could not start: calls go on without media on this node")
         return None, None
+
+
+def _disk_writer() -> Any:
+    """The node's shared recorder disk thread, or None where the recorder is unavailable."""
+    try:
+        from recordings.diskwriter import DiskWriter
+    except ImportError as exc:
+        log.warning("the recorder is not available, calls are not recorded: %s", exc)
+        return None
+    return DiskWriter(name="recorder")
+
+
+async def _finalize_leftovers(settings: Settings, bridge: Any) -> None:
+    """Finalize recordings a crashed process left behind; their hashes go to their sessions' logs."""
+    try:
+        from recordings.finalize import finalize_leftovers
+    except ImportError:
+        return
+    root = settings.media.recordings_dir
+    if not root.is_dir():
+        return
+    try:
+        recovered = await asyncio.to_thread(finalize_leftovers, root, bridge)
+    except Exception:
+        log.exception("finalizing leftover recordings under %s failed", root)
+        return
+    if recovered:
+        log.warning("finalized %d recording file(s) left by a crash", len(recovered))
 
 
 async def _signaling_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -112,12 +138,16 @@ async def _signaling_ctx(app: web.Application) -> AsyncIterator[None]:
     records = SessionRecords(db)
     service = CallService(sig, queue, records, Directory(db), SocketNotifier(sio), node_id)
     bridge = MediaBridge(service, router, None, records)
-    bridge.media, bridge._offer_type = _media_server(settings, bridge)
+    disk = _disk_writer()
+    bridge.media, bridge._offer_type = _media_server(settings, bridge, disk)
     server = SignalingServer(sio, app[appkeys.AUTH], service, bridge)
     worker = NodeWorker(service)
     await queue.node_beat(node_id, service.clock())
-    tasks = [asyncio.create_task(worker.run(), name="signaling-worker"),
-             asyncio.create_task(router.run(), name="signaling-router")]
+    tasks = [
+        asyncio.create_task(worker.run(), name="signaling-worker"),
+        asyncio.create_task(router.run(), name="signaling-router"),
+        asyncio.create_task(_finalize_leftovers(settings, bridge), name="finalize-recordings"),
+    ]
     state.server, state.service = server, service
     log.info("signalling on node %s (%s backend, media %s)", node_id, "redis" if redis else "memory",
              "on" if bridge.media else "off")
@@ -131,6 +161,8 @@ async def _signaling_ctx(app: web.Application) -> AsyncIterator[None]:
         await bridge.close()
         if bridge.media is not None:
             await bridge.media.close()
+        if disk is not None:
+            await asyncio.to_thread(disk.close)
         await sio.shutdown()
         await records.close()
         if manager is not None:

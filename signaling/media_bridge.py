@@ -48,6 +48,7 @@ class MediaBridge:
         self.records = records
         self._offer_type = offer_type
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._loop = asyncio.get_running_loop()
         self._joined: dict[str, set[str]] = {}
         router.serve(self._handle)
         service.on_ended = self._call_ended
@@ -146,7 +147,15 @@ class MediaBridge:
         self._spawn(self._media_event(session_id, "recording_failed", {"error": reason}))
 
     def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
+        """Run ``coro`` as an owned task; safe to call from another thread (the recorder's)."""
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is not self._loop:
+            self._loop.call_soon_threadsafe(self._spawn, coro)
+            return
+        task = self._loop.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
