@@ -27,6 +27,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import psutil
 import socketio
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -191,6 +192,17 @@ async def signaling_benchmark(outlets: int, agents: int, work: Path, pace: float
     }
     process = subprocess.Popen([sys.executable, "-m", "cloudhall.cli", "serve"], cwd=ROOT, env=env)
     url = f"http://127.0.0.1:{port}"
+    server = psutil.Process(process.pid)
+    cpu: dict[str, float] = {}
+
+    def cpu_mark() -> tuple[float, float]:
+        times = server.cpu_times()
+        return times.user + times.system, time.perf_counter()
+
+    def cpu_since(name: str, mark: tuple[float, float]) -> None:
+        used, wall = cpu_mark()
+        cpu[name] = (used - mark[0]) / max(wall - mark[1], 1e-9) * 100
+
     try:
         wait_listening(port, process)
         header = lambda name: {"Cookie": f"{SESSION_COOKIE}={tokens[name]}"}  # noqa: E731
@@ -230,7 +242,9 @@ async def signaling_benchmark(outlets: int, agents: int, work: Path, pace: float
         latencies = [seen_at[c] - sent_at[c] for c in sent_at if c in seen_at]
         # Phase 1b: every other outlet calls at once: queueing throughput.
         t0 = time.perf_counter()
+        mark = cpu_mark()
         await asyncio.gather(*(start(c, i) for i, c in enumerate(outlet_clients) if i >= paced))
+        cpu_since("queue", mark)
         queued_rate = (outlets - paced) / (time.perf_counter() - t0) if outlets > paced else float("nan")
 
         # Phase 2: agents answer every call (take next, accept, connected, end) as fast as they can.
@@ -252,7 +266,9 @@ async def signaling_benchmark(outlets: int, agents: int, work: Path, pace: float
                 answered += 1
 
         t1 = time.perf_counter()
+        mark = cpu_mark()
         await asyncio.gather(*(agent_loop(c) for c in agent_clients))
+        cpu_since("answer", mark)
         answer_rate = answered / (time.perf_counter() - t1)
         await asyncio.gather(*(c.disconnect() for c in agent_clients + outlet_clients))
         return {
@@ -264,6 +280,8 @@ async def signaling_benchmark(outlets: int, agents: int, work: Path, pace: float
             "update_p50_ms": pct(latencies, 0.5) * 1000,
             "update_p99_ms": pct(latencies, 0.99) * 1000,
             "update_samples": len(latencies),
+            "cpu_queue": cpu.get("queue", float("nan")),
+            "cpu_answer": cpu.get("answer", float("nan")),
         }
     finally:
         process.send_signal(signal.SIGTERM)
@@ -277,8 +295,10 @@ async def main(args: argparse.Namespace) -> None:
     echo = await echo_benchmark(args.outlets + args.agents, args.echo_rounds)
     print(f"signalling, one node, {args.outlets} outlets + {args.agents} agents (clients in one process):")
     print(f"  connected clients          {sig['clients']}  ({sig['connect_per_s']:.0f} connects/s)")
-    print(f"  calls queued               {sig['queued_per_s']:.0f} /s  (the outlets after the first 100, all at once)")
-    print(f"  calls answered             {sig['answered_per_s']:.0f} /s  ({sig['answered']} take+accept+connected+end)")
+    print(f"  calls queued               {sig['queued_per_s']:.0f} /s  (the outlets after the first 100, all at once;"
+          f" server CPU {sig['cpu_queue']:.0f} %)")
+    print(f"  calls answered             {sig['answered_per_s']:.0f} /s  ({sig['answered']} take+accept+connected+end;"
+          f" server CPU {sig['cpu_answer']:.0f} %)")
     print(f"  queue-update latency       p50 {sig['update_p50_ms']:.1f} ms, p99 {sig['update_p99_ms']:.1f} ms "
           f"({sig['update_samples']} calls arriving at {args.pace:.0f}/s)")
     print(f"bare python-socketio echo server, {echo['clients']} clients:")
