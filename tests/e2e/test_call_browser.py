@@ -9,7 +9,6 @@ outlet's peer connection mid-call and checks that the page rejoins the same sess
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +24,6 @@ from tests.helpers import wait_for
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-# signaling/recordings.service on SQLite: two appends to one session's log at once (media
-# events, the call:connected transition, recording files) race for the next sequence number
-# and one fails; the queue has already moved, so its event is lost. Until that is fixed
-# (docs/ui.md, "waiting on signalling") a missing "call_connected" warns instead of failing.
-KNOWN_LOG_RACE = "call_connected is missing from the session log (known event-log race on SQLite)"
 
 # framesDecoded of the inbound video playing in <video selector>, on the page's newest peer connection.
 FRAMES_JS = """
@@ -157,16 +151,14 @@ async def test_full_call_outlet_to_agent(browser, live_server):
         async with live_server.db.transaction() as session:
             kinds = [e.kind for e in await load_events(session, session_id)]
         # One of each kind at least: media and recording events come several per call.
-        # "call_connected" is checked apart: see KNOWN_LOG_RACE.
-        wanted = {"call_queued", "call_offered", "call_accepted", "call_ended",
+        wanted = {"call_queued", "call_offered", "call_accepted", "call_connected", "call_ended",
                   "media_participant_connected", "media_track_started", "recording_file", "rating_submitted"}
         assert wanted <= set(kinds), f"missing {sorted(wanted - set(kinds))} in {kinds}"
         return kinds
 
     kinds = await wait_for(all_logged, timeout=30, interval=0.5, what="every event in the session log")
     assert kinds.index("call_queued") < kinds.index("call_offered") < kinds.index("call_accepted") < kinds.index("call_ended")
-    if "call_connected" not in kinds:
-        warnings.warn(KNOWN_LOG_RACE, stacklevel=1)
+    assert kinds.index("call_accepted") < kinds.index("call_connected") < kinds.index("call_ended")
     async with live_server.db.transaction() as session:
         assert (await verify_chain(session, session_id)).ok
 
@@ -225,8 +217,7 @@ async def test_outlet_recovers_into_the_same_session(browser, live_server):
             events = await load_events(session, session_id)
         epochs = {e.data.get("epoch") for e in events
                   if e.kind in ("media_participant_connected", "media_track_started") and e.data.get("participant") == "outlet"}
-        # "in_call" once the log race above is fixed; the row may lag at "connecting" until then.
-        assert call.state in ("connecting", "in_call") and call.ended_at is None, call.state
+        assert call.state == "in_call" and call.ended_at is None, call.state
         assert len(epochs) >= 2, f"outlet media epochs logged: {epochs}"
         return True
 
