@@ -142,6 +142,9 @@ async def _signaling_ctx(app: web.Application) -> AsyncIterator[None]:
     bridge.media, bridge._offer_type = _media_server(settings, bridge, disk)
     server = SignalingServer(sio, app[appkeys.AUTH], service, bridge)
     worker = NodeWorker(service)
+    # A node restarted under the same id: the sockets its previous run held are gone.
+    for side in await queue.reap_node(node_id):
+        await service.side_gone(side, None)
     await queue.node_beat(node_id, service.clock())
     tasks = [
         asyncio.create_task(worker.run(), name="signaling-worker"),

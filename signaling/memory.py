@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import time
 from collections import defaultdict, deque
 from dataclasses import replace
 
 from signaling.calls import Call
 from signaling.presence import AgentPresence
-from signaling.store import AgentBusy, OutletBusy, StaleCall, index_changes
+from signaling.store import ENDED_TTL_SECONDS, AgentBusy, OutletBusy, StaleCall, index_changes
 
 HANDLING_SAMPLES = 20
 
@@ -28,6 +29,8 @@ class MemoryCallQueue:
         self._presence: dict[int, AgentPresence] = {}
         self._conns: dict[str, dict[str, str]] = defaultdict(dict)
         self._nodes: dict[str, float] = {}
+        # Ended calls stay readable for ENDED_TTL_SECONDS (like the Redis key expiry), then go.
+        self._ended: deque[tuple[float, str]] = deque()
 
     async def get(self, call_id: str) -> Call | None:
         return self._calls.get(call_id)
@@ -64,6 +67,13 @@ class MemoryCallQueue:
                 self._outlet_call[changes.outlet_claim] = new.id
             if changes.outlet_release is not None and self._outlet_call.get(changes.outlet_release) == new.id:
                 del self._outlet_call[changes.outlet_release]
+            now = time.monotonic()
+            if changes.ended:
+                self._ended.append((now + ENDED_TTL_SECONDS, new.id))
+            while self._ended and self._ended[0][0] <= now:
+                _, gone = self._ended.popleft()
+                if gone in self._calls and not self._calls[gone].active:
+                    del self._calls[gone]
             return stored
 
     async def waiting(self, department_id: int) -> list[Call]:
