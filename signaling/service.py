@@ -34,6 +34,7 @@ from signaling.schemas import (
     Applicant,
 )
 from signaling.store import AgentBusy, CallQueue, StaleCall
+from signaling.tasks import reraise_if_cancelling
 from signaling.views import (
     department_room,
     mask,
@@ -122,7 +123,10 @@ class CallService:
         if events and old is not None:
             try:
                 await self.records.record(new, events)
-            except CloudHallError:
+            except Exception:
+                # The change is committed in the queue backend; its timers and notifications
+                # must still follow, so a failing log write is logged, not raised.
+                reraise_if_cancelling()
                 log.exception("session %s: could not record %s", new.id, [e.kind for e in events])
         await self._arm_deadlines(old, new)
         await self._sync_presence(old, new)
