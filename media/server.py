@@ -46,7 +46,8 @@ class MediaServer:
 
     ``sink_factory(session_id)`` returns the session's :class:`media.sink.PacketSink`
     (the recorder) or None; if it raises, the call goes on unrecorded and
-    ``recording_failed`` is reported.
+    ``recording_failed`` is reported. Media owns what the factory returned: :meth:`end`
+    calls its ``close()`` (sync or async) if it has one, after closing every TrackWriter.
     """
 
     def __init__(
@@ -118,7 +119,7 @@ class MediaServer:
         await self._session(session_id).leave(participant)
 
     async def end(self, session_id: str) -> None:
-        """Close every peer connection and every TrackWriter of the session; raises NotFound if unknown."""
+        """Close every peer connection and TrackWriter, then the session's sink; raises NotFound if unknown."""
         session = self._sessions.pop(session_id, None)
         if session is None:
             raise NotFound(f"no media session {session_id!r} on this node")

@@ -9,6 +9,7 @@ aiortc never reports ``disconnected``, so the watchdog also reports missing medi
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 NETWORK_TIMEOUT = 15.0  # seconds for one offer/answer (ICE gathering included)
 CLOSE_TIMEOUT = 5.0
+SINK_CLOSE_TIMEOUT = 60.0  # the recorder finalizes (remuxes, hashes) its files on close
 WATCHDOG_INTERVAL = 1.0
 REPAIR_WAIT_MIN = 0.3  # seconds a hole may wait for its retransmission (see _adapt_repair_wait)
 REPAIR_WAIT_MAX = 1.5
@@ -238,7 +240,24 @@ class MediaSession:
                 await self._close_peer(peer)
             for relay in self.relays.values():
                 relay.close()
+        await self._close_sink()
         logger.info("session %s: media ended", self.session_id)
+
+    async def _close_sink(self) -> None:
+        """The sink came from our sink_factory, so we end it: ``close()`` if it has one (sync or async)."""
+        close = getattr(self._sink, "close", None)
+        if close is None:
+            return
+        try:
+            result = close()
+            if inspect.isawaitable(result):
+                async with asyncio.timeout(SINK_CLOSE_TIMEOUT):
+                    await result
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            logger.warning("session %s: closing the recorder failed: %r", self.session_id, exc)
+            self._emit("recording_failed", {"step": "sink_close", "error": f"{type(exc).__name__}: {exc}"})
 
     async def _watch(self) -> None:
         """Report transports that died and media that stopped (aiortc never says 'disconnected')."""

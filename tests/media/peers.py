@@ -184,11 +184,15 @@ class MemorySink:
     def __init__(self, fail_after: int | None = None) -> None:
         self.writers: list[MemoryWriter] = []
         self._fail_after = fail_after
+        self.closed = False
 
     def open_track(self, track: TrackInfo) -> MemoryWriter:
         writer = MemoryWriter(track, self._fail_after)
         self.writers.append(writer)
         return writer
+
+    async def close(self) -> None:
+        self.closed = True
 
     def tracks(self, name: str) -> list[MemoryWriter]:
         return [w for w in self.writers if w.info.name == name]

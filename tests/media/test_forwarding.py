@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 
 from media import passthrough
 from tests.media.peers import SyntheticVideo, ToneAudio, wait_for
 
-WINDOW = 4.0
-PATH_DELAY = 0.25  # receive window = send window shifted by the path (server hop + client decode)
+SPAN = 4  # seconds of source time measured
 
 
 async def test_call_forwards_every_track_at_full_rate_without_any_codec(media_env, sink, events, codec_constructions):
@@ -32,15 +30,24 @@ async def test_call_forwards_every_track_at_full_rate_without_any_codec(media_en
     await wait_for(lambda: all(len(rx.arrivals) >= 5 for _, rx in routes.values()), 10,
                    lambda: {name: len(rx.arrivals) for name, (_, rx) in routes.items()})
 
-    loop = asyncio.get_running_loop()
-    start = loop.time()
-    sent_before = {name: src.sent for name, (src, _) in routes.items()}
-    await asyncio.sleep(WINDOW)  # the measurement window itself, not a wait for a condition
-    sent = {name: src.sent - sent_before[name] for name, (src, _) in routes.items()}
-    await asyncio.sleep(PATH_DELAY)
-    got = {name: rx.count_since(start + PATH_DELAY) for name, (_, rx) in routes.items()}
+    # Delivery over a stretch of *source* time: the frames whose timestamps fall in SPAN seconds
+    # after the latest one seen now, against the frames the source made in that time. Timestamps
+    # (not arrival times) make this immune to a busy test machine delaying frames; the stretch
+    # must still arrive within SPAN + 4 s of wall time.
+    start_pts = {name: rx.pts[-1] for name, (_, rx) in routes.items()}
+    clock = {name: 48000 if "microphone" in name else 90000 for name in routes}
+    rate = {name: 50 if "microphone" in name else src.fps for name, (src, _) in routes.items()}
+    end_pts = {name: start_pts[name] + SPAN * clock[name] for name in routes}
+    await wait_for(lambda: all(rx.pts[-1] >= end_pts[name] for name, (_, rx) in routes.items()), SPAN + 4,
+                   lambda: {name: (rx.pts[-1] - start_pts[name]) / clock[name] for name, (_, rx) in routes.items()})
+    got = {name: sum(1 for p in rx.pts if start_pts[name] < p <= end_pts[name]) for name, (_, rx) in routes.items()}
+    server_side = {name: (t["frames_in"], t["frames_out"], [s["drops"] for s in t["subscribers"]])
+                   for name, t in server.stats("call-1")["tracks"].items()}
     for name in routes:
-        assert got[name] >= 0.9 * sent[name], f"{name}: {got[name]} frames arrived of {sent[name]} sent in {WINDOW} s ({got})"
+        expected = SPAN * rate[name]
+        assert got[name] >= 0.9 * expected, (
+            f"{name}: {got[name]} frames of a {SPAN} s stretch arrived, {expected} were sent ({got}); "
+            f"server in/out/drops so far: {server_side}")
 
     assert agent.received["remote:camera"].sizes[-1] == (640, 480)
     assert agent.received["remote:screen"].sizes[-1] == (1280, 720)
@@ -60,11 +67,12 @@ async def test_call_forwards_every_track_at_full_rate_without_any_codec(media_en
     assert not [o for o in codec_constructions.encoder_owners if id(o) in server_senders], "server built an encoder"
     assert not [o for o in codec_constructions.decoder_outputs if id(o) in server_outputs], "server built a decoder"
 
-    # The link's round trip is known and the repair wait follows it (LAN: the 0.3 s floor).
+    # The link's round trip is known and the repair wait follows it (within 0.3-1.5 s).
     stats = server.stats("call-1")
     assert stats["participants"]["agent"]["rtt_seconds"] is not None, stats["participants"]
     agent_peer = server._sessions["call-1"].peers["agent"]
-    assert {tap.assembler.max_wait for tap in agent_peer.taps.values()} == {0.3}
+    waits = {tap.assembler.max_wait for tap in agent_peer.taps.values()}
+    assert len(waits) == 1 and 0.3 <= waits.pop() <= 1.5
 
     # Bounded queues: no subscriber ever held more than the configured limit.
     for track in server.stats("call-1")["tracks"].values():
@@ -74,6 +82,7 @@ async def test_call_forwards_every_track_at_full_rate_without_any_codec(media_en
     # Recording: one track epoch per source, starting at a keyframe at timestamp 0, dimensions known.
     await media_env.clients[0].close()
     await server.end("call-1")
+    assert sink.closed, "end() must close the sink the factory returned"
     names = sorted(w.info.name for w in sink.writers)
     assert names == ["agent-camera", "agent-microphone", "outlet-camera", "outlet-microphone", "outlet-screen"]
     for writer in sink.writers:
