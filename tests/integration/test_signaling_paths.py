@@ -356,3 +356,22 @@ async def test_media_offer_requires_an_accepted_call(env: Env) -> None:
     finally:
         await outlet.close()
         await agent.close()
+
+
+async def test_long_polling_transport_passes_the_access_middleware(env_factory) -> None:
+    async with env_factory(heartbeat_interval_seconds=1.0) as env:  # a long poll lasts a ping interval
+        await _poll_a_call(env)
+
+
+async def _poll_a_call(env: Env) -> None:
+    outlet = Peer("staff1")
+    await outlet.connect(env.url, await session_token(env.app, "staff1"), transports=["polling"])
+    try:
+        assert outlet.client.transport() == "polling"
+        snapshot = await outlet.ok("session:resume", {})
+        assert snapshot["user"]["username"] == "staff1" and snapshot["call"] is None
+        started = await outlet.ok("call:start", start_payload(env.world))
+        assert started["call"]["state"] == "queued"
+        await outlet.ok("call:cancel", {"call_id": started["call"]["id"]})
+    finally:
+        await outlet.close()
