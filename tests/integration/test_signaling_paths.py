@@ -375,3 +375,28 @@ async def _poll_a_call(env: Env) -> None:
         await outlet.ok("call:cancel", {"call_id": started["call"]["id"]})
     finally:
         await outlet.close()
+
+
+async def test_callback_declined_or_unanswered_reopens_and_a_stuck_connect_fails(env: Env) -> None:
+    outlet, agent = await env.peer("staff1"), await env.peer("agent2")
+    try:
+        created = await outlet.ok("callback:create", {**start_payload(env.world), "note": ""})
+        callback_id = created["callback"]["id"]
+        first = (await agent.ok("callback:call", {"callback_id": callback_id}))["call"]["id"]
+        await outlet.wait_call("offered", id=first)
+        declined = await outlet.ok("call:decline", {"call_id": first})
+        assert declined["call"]["end_reason"] == "cancelled"
+        await agent.wait("callback:update", lambda d: any(
+            c["id"] == callback_id and c["status"] == "open" for c in d["callbacks"]))
+        second = (await agent.ok("callback:call", {"callback_id": callback_id}))["call"]["id"]
+        unanswered = await agent.wait_call("ended", id=second)  # ring timeout at the outlet
+        assert unanswered["end_reason"] == "abandoned"
+        # a call accepted but never connected ends as failed after the grace period
+        third = (await agent.ok("callback:call", {"callback_id": callback_id}))["call"]["id"]
+        await outlet.ok("call:accept", {"call_id": third})
+        failed = await agent.wait_call("ended", id=third)
+        assert failed["end_reason"] == "failed"
+    finally:
+        await outlet.close()
+        await agent.close()
+    assert (await kinds(env, third)) == ["call_outbound", "call_accepted", "call_ended"]
