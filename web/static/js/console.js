@@ -1,6 +1,6 @@
 // The agent console: presence, the live queue and callbacks, the new-call alert, the call view.
 
-import { $, $$, el, beep, formatDuration, pageConfig, show, translator } from "./dom.js";
+import { $, $$, el, explain, beep, formatDuration, pageConfig, show, translator } from "./dom.js";
 import { Signal } from "./socket.js";
 import { EV } from "./protocol.js";
 import { Peer, qualityLevel } from "./peer.js";
@@ -57,7 +57,7 @@ async function resync() {
     else if (state.call) endLocally();
     if (state.peer && state.peer.state !== "connected") state.peer.restart("socket reconnected");
   } catch (err) {
-    banner(t("error") + err.message);
+    banner(explain(t, err));
   }
 }
 
@@ -82,7 +82,7 @@ async function choosePresence(event) {
     const result = await signal.request(EV.PRESENCE_SET, { state: button.dataset.presence });
     setPresence(result.presence.state);
   } catch (err) {
-    banner(t("error") + err.message);
+    banner(explain(t, err));
   }
 }
 
@@ -192,7 +192,7 @@ async function take(callId) {
     const accepted = await signal.request(EV.CALL_ACCEPT, { call_id: taken.call.id });
     onCallState(accepted.call);
   } catch (err) {
-    banner(t("error") + err.message);
+    banner(explain(t, err));
   }
 }
 
@@ -201,7 +201,7 @@ async function callBack(callbackId) {
     const result = await signal.request(EV.CALLBACK_CALL, { callback_id: callbackId });
     onCallState(result.call);
   } catch (err) {
-    banner(t("error") + err.message);
+    banner(explain(t, err));
   }
 }
 
@@ -310,7 +310,10 @@ async function enterCall(call) {
     state.screenFrames = frames;
     show($("#screen-empty"), !sharing);
     document.body.dataset.screen = sharing ? "on" : "off";
-    if (!state.outletLink) showQuality(qualityLevel(sample), sample.rtt);
+    if (!state.outletLink) {
+      showQuality(qualityLevel(sample), sample.rtt);
+      showInferredStep(sample);
+    }
   });
   try {
     await peer.start();
@@ -318,6 +321,26 @@ async function enterCall(call) {
     banner(t("media_failed") + " " + err.message);
     peer.restart("start failed");
   }
+}
+
+/**
+ * Without the outlet's own report (link:status), tell the agent what the outlet's ladder
+ * is doing from what arrives: a paused camera while sound still flows, or a small picture.
+ */
+function showInferredStep(sample) {
+  const camera = sample.received.camera;
+  const frames = camera ? camera.framesDecoded : 0;
+  const moving = frames > (state.cameraFrames || 0);
+  state.cameraFrames = frames;
+  let step = 0;
+  if (!moving && sample.kbpsIn > 0) step = 2;
+  else if (camera && camera.width && camera.width <= 320) step = 1;
+  state.inferred = state.inferred && state.inferred.step === step ? { step, count: state.inferred.count + 1 } : { step, count: 1 };
+  if (state.inferred.count !== 3) return; // three samples in a row, then say it once
+  const note = $("#ladder-note");
+  note.textContent = step ? t(`remote_ladder_${step}`) : "";
+  note.dataset.step = String(step);
+  show(note, Boolean(step));
 }
 
 function showQuality(level, rtt) {
@@ -332,6 +355,8 @@ function endLocally() {
   state.call = null;
   state.outletLink = null;
   state.screenFrames = 0;
+  state.cameraFrames = 0;
+  state.inferred = null;
   for (const id of ["#remote-camera", "#remote-screen", "#remote-audio"]) $(id).srcObject = null;
   $("#chat-log").replaceChildren();
   $("#snapshots").replaceChildren();
@@ -349,7 +374,7 @@ async function endCall() {
   try {
     await signal.request(EV.CALL_END, { call_id: state.call.id });
   } catch (err) {
-    banner(t("error") + err.message);
+    banner(explain(t, err));
   }
   endLocally();
 }
@@ -370,7 +395,7 @@ async function snapshot() {
     const img = el("img", { attrs: { alt: t("snapshot_taken"), src: result.url } });
     $("#snapshots").prepend(img);
   } catch (err) {
-    banner(t("error") + err.message);
+    banner(explain(t, err));
   }
 }
 

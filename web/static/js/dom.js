@@ -63,3 +63,10 @@ export async function beep(context) {
   }
   return ctx;
 }
+
+/** Plain words for an error: the translated text of its code if there is one, else its message. */
+export function explain(t, err) {
+  const key = `error_${err && err.code}`;
+  const text = t(key);
+  return text !== key ? text : t("error") + ((err && err.message) || String(err));
+}

@@ -1,6 +1,6 @@
 // The outlet page: pre-call check → item and applicant → queue → video call → rating.
 
-import { $, $$, el, pageConfig, show, translator } from "./dom.js";
+import { $, $$, el, explain, pageConfig, show, translator } from "./dom.js";
 import { Signal } from "./socket.js";
 import { EV } from "./protocol.js";
 import { Peer, Ladder, qualityLevel } from "./peer.js";
@@ -60,7 +60,7 @@ async function resync() {
   try {
     status = await signal.request(EV.SESSION_RESUME, {});
   } catch (err) {
-    banner(t("error") + err.message);
+    banner(explain(t, err));
     return;
   }
   if (!status.call) {
@@ -75,6 +75,8 @@ async function resync() {
 
 function onCallState(call) {
   if (!call) return;
+  // Late news of the call that just ended (its rating may already be in): nothing to do.
+  if (call.state === "ended" && (!state.session || state.session.id !== call.id)) return;
   if (state.session && call.id !== state.session.id) {
     if (call.state === "ended") return; // an older call's late news
   }
@@ -232,7 +234,7 @@ async function startCall(event) {
     if (result.position) showPosition(result.position);
   } catch (err) {
     if (err.code === "desk_closed") offerCallback(err);
-    else formError(t("error") + err.message);
+    else formError(explain(t, err));
   } finally {
     button.disabled = false;
   }
@@ -292,7 +294,7 @@ async function sendCallback() {
     $("#wait-eta").textContent = "";
     setTimeout(() => resetForNext(), 4000);
   } catch (err) {
-    $("#callback-reason").textContent = t("error") + err.message;
+    $("#callback-reason").textContent = explain(t, err);
   }
 }
 
@@ -303,7 +305,7 @@ async function cancelCall() {
   try {
     await signal.request(EV.CALL_CANCEL, { call_id: id });
   } catch (err) {
-    banner(t("error") + err.message);
+    banner(explain(t, err));
   }
   setStage("form");
 }
@@ -315,7 +317,7 @@ async function answerRing(accept) {
     const result = await signal.request(accept ? EV.CALL_ACCEPT : EV.CALL_DECLINE, { call_id: state.session.id });
     onCallState(result.call);
   } catch (err) {
-    banner(t("error") + err.message);
+    banner(explain(t, err));
   }
 }
 
@@ -409,6 +411,8 @@ async function setLadderStep(step, sample) {
   note.textContent = step < previous && step === 0 ? t("ladder_up") : t(`ladder_${step}`);
   note.dataset.step = String(step);
   show(note, true);
+  clearTimeout(state.noteTimer);
+  if (step === 0) state.noteTimer = setTimeout(() => show(note, false), 8000);
   document.body.dataset.ladder = String(step);
 }
 
@@ -608,6 +612,6 @@ window.addEventListener("online", () => {
 });
 
 setStage("check");
-picker.load().catch((err) => banner(t("error") + err.message));
+picker.load().catch((err) => banner(explain(t, err)));
 checkCamera();
 checkNetwork();
