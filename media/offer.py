@@ -92,6 +92,8 @@ def parse_offer(participant: str, offer: OfferIn) -> list[MediaLine]:
                 raise InvalidInput(f"mid={mid} is the {role} but its direction is {m.direction}, not sendonly")
         elif m.direction not in ("recvonly", "sendrecv"):
             raise InvalidInput(f"mid={mid} asks for {role} but its direction is {m.direction}, not recvonly")
+        if m.dtls is None or not m.dtls.fingerprints:
+            raise InvalidInput(f"mid={mid} has no DTLS fingerprint: the media could not be authenticated")
         wanted = CODEC_FOR_KIND[m.kind]
         offered = [c.mimeType for c in m.rtp.codecs]
         if not any(name.lower() == wanted for name in offered):

@@ -93,6 +93,7 @@ class MediaServer:
             raise InvalidInput("session_id must be a non-empty string")
         parse_offer(participant, offer)  # refuse a bad offer before creating anything
         session = self._sessions.get(session_id)
+        created = session is None
         if session is None:
             session = MediaSession(
                 session_id, self._settings,
@@ -102,7 +103,14 @@ class MediaServer:
             )
             self._sessions[session_id] = session
             logger.info("session %s: media session created", session_id)
-        return await session.negotiate(participant, offer)
+        try:
+            return await session.negotiate(participant, offer)
+        except BaseException:
+            if created and not session.peers and self._sessions.get(session_id) is session:
+                # nothing was ever connected: do not keep an empty session (and its recorder) around
+                del self._sessions[session_id]
+                await session.end()
+            raise
 
     def _open_sink(self, session_id: str) -> PacketSink | None:
         if self._sink_factory is None:

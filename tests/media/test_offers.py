@@ -90,3 +90,16 @@ async def test_unknown_sessions_are_not_found(media_env):
         await server.snapshot("nope", "outlet", "camera")
     with pytest.raises(NotFound):
         await server.request_keyframe("nope", "outlet", "camera")
+
+
+@pytest.mark.parametrize(("line", "message"), [("a=fingerprint", "no DTLS fingerprint"), ("a=ice-ufrag", "refused")])
+async def test_an_offer_missing_security_or_ice_lines_is_invalid_input_and_leaves_no_session(media_env, line, message):
+    server = media_env.server()
+    pc, sdp = await client_offer()
+    broken = "\r\n".join(x for x in sdp.split("\r\n") if not x.startswith(line))
+    try:
+        with pytest.raises(InvalidInput, match=message):
+            await server.negotiate("s", "outlet", OfferIn(sdp=broken, tracks={"0": "camera", "1": "microphone"}))
+    finally:
+        await pc.close()
+    assert server.session_ids == []
