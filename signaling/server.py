@@ -24,6 +24,7 @@ from cloudhall.errors import CloudHallError, Forbidden, InvalidInput, Unauthenti
 from cloudhall.http import csrf_exempt, public
 from cloudhall.identities import Principal, Role
 from signaling import schemas as s
+from signaling.callbacks import CallbackService
 from signaling.media_bridge import MediaBridge
 from signaling.service import CallService
 from signaling.tasks import reraise_if_cancelling, stop_task
@@ -89,6 +90,7 @@ class SignalingServer:
         self.auth = auth
         self.service = service
         self.media = media
+        self.callbacks = CallbackService(service)
         self.connections: dict[str, Connection] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         sio.on("connect", self._connect)
@@ -191,6 +193,7 @@ class SignalingServer:
     def _register(self) -> None:
         svc = self.service
         media = self.media
+        callbacks = self.callbacks
         self.on(s.CALL_START, s.StartCall, OUTLET, lambda p, m: svc.start_call(p, m.item_id, m.applicant, m.priority))
         self.on(s.CALL_CANCEL, s.CallRef, OUTLET, lambda p, m: svc.cancel(p, m.call_id))
         self.on(s.CALL_ACCEPT, s.CallRef, CALLERS, lambda p, m: svc.accept(p, m.call_id))
@@ -208,10 +211,10 @@ class SignalingServer:
             s.CALLBACK_CREATE,
             s.CreateCallback,
             OUTLET,
-            lambda p, m: svc.leave_callback(p, m.item_id, m.applicant, m.preferred_time, m.note),
+            lambda p, m: callbacks.leave_callback(p, m.item_id, m.applicant, m.preferred_time, m.note),
         )
         self.on(s.CALLBACK_LIST, s.Empty, AGENT, self._callback_list)
-        self.on(s.CALLBACK_CALL, s.CallbackRef, AGENT, lambda p, m: svc.call_back(p, m.callback_id))
+        self.on(s.CALLBACK_CALL, s.CallbackRef, AGENT, lambda p, m: callbacks.call_back(p, m.callback_id))
         self.on(s.MEDIA_OFFER, s.MediaOffer, CALLERS, lambda p, m: media.offer(p, m.call_id, m.sdp, m.type, m.tracks))
         self.on(s.MEDIA_LEAVE, s.CallRef, CALLERS, lambda p, m: media.leave(p, m.call_id))
         self.on(
@@ -219,13 +222,13 @@ class SignalingServer:
         )
 
     async def _queue_list(self, p: Principal, _: s.Empty) -> dict[str, Any]:
-        return {"queues": await self.service.queues_for(p)}
+        return {"queues": await self.service.board.queues_for(p)}
 
     async def _presence_list(self, p: Principal, _: s.Empty) -> dict[str, Any]:
         return {"agents": await self.service.agents_visible_to(p)}
 
     async def _callback_list(self, p: Principal, _: s.Empty) -> dict[str, Any]:
-        return {"callbacks": await self.service.callbacks_for(p)}
+        return {"callbacks": await self.callbacks.callbacks_for(p)}
 
 
 @public

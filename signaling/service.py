@@ -15,35 +15,21 @@ import uuid
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-from cloudhall.errors import CloudHallError, Conflict, Forbidden, NotFound
+from cloudhall.errors import Conflict, Forbidden, NotFound
 from cloudhall.identities import Principal, Role
 from cloudhall.settings import SignalingSettings
 from signaling import calls as domain
 from signaling import presence as pres
 from signaling.calls import Call, CallEvent, CallState, EndReason, Priority
+from signaling.board import QueueBoard
 from signaling.directory import Directory
 from signaling.hours import desk_status
 from signaling.ports import Notifier, SessionLog
 from signaling.presence import AgentPresence, PresenceState
-from signaling.schemas import (
-    CALL_STATE,
-    CALLBACK_UPDATE,
-    PRESENCE_UPDATE,
-    QUEUE_POSITION,
-    QUEUE_UPDATE,
-    Applicant,
-)
+from signaling.schemas import CALL_STATE, PRESENCE_UPDATE, Applicant
 from signaling.store import AgentBusy, CallQueue, StaleCall
 from signaling.tasks import reraise_if_cancelling
-from signaling.views import (
-    department_room,
-    mask,
-    outlet_room,
-    public_call,
-    queue_entry,
-    supervisor_room,
-    user_room,
-)
+from signaling.views import mask, outlet_room, public_call, supervisor_room, user_room
 
 log = logging.getLogger(__name__)
 
@@ -91,12 +77,7 @@ class CallService:
         self.notifier = notifier
         self.node_id = node_id
         self.clock = clock
-        self.dirty_departments: set[int] = set()
-        self._positions_pending: set[int] = set()
-        self._positions_sent_at: dict[int, float] = {}
-        self._waiting_cache: dict[int, list[Call]] = {}
-        # Set by setup: flushes dirty departments soon (coalesces bursts of queue changes).
-        self.on_dirty: Callable[[], None] = lambda: None
+        self.board = QueueBoard(queue, directory, notifier, clock)
         # Set by setup: tell the node that owns a call's media that the call ended.
         self.on_ended: Callable[[Call], Any] | None = None
 
@@ -114,11 +95,11 @@ class CallService:
                 stored = await self.queue.commit(call, new)
             except StaleCall:
                 continue
-            await self._after(call, stored, events)
+            await self.finish_change(call, stored, events)
             return stored
         raise Conflict(f"call {call_id} kept changing; try again")
 
-    async def _after(self, old: Call | None, new: Call, events: list[CallEvent]) -> None:
+    async def finish_change(self, old: Call | None, new: Call, events: list[CallEvent]) -> None:
         """Everything that follows a committed transition: log, deadlines, presence, notify."""
         if events and old is not None:
             try:
@@ -131,9 +112,9 @@ class CallService:
         await self._arm_deadlines(old, new)
         await self._sync_presence(old, new)
         if old is not None and old.state is CallState.QUEUED:
-            self._mark_dirty(old.department_id)
+            self.board.mark_dirty(old.department_id)
         if new.state is CallState.QUEUED:
-            self._mark_dirty(new.department_id)
+            self.board.mark_dirty(new.department_id)
         await self._notify_call(old, new, events)
         if not new.active and old is not None and old.active:
             if old.answered_at is not None and new.ended_at is not None and old.state is CallState.IN_CALL:
@@ -141,7 +122,7 @@ class CallService:
             if new.callback_id is not None:
                 updated = await self.directory.settle_callback(new.callback_id, answered=new.answered_at is not None)
                 if updated is not None:
-                    await self._notify_callbacks(new.department_id)
+                    await self.board.callbacks_changed(new.department_id)
             if self.on_ended is not None:
                 await self.on_ended(new)
             log.info("call %s: ended (%s)", new.id, new.end_reason.value if new.end_reason else "")
@@ -194,92 +175,6 @@ class CallService:
         for room in rooms:
             await self.notifier.emit(CALL_STATE, body, room)
 
-    def _mark_dirty(self, department_id: int) -> None:
-        self.dirty_departments.add(department_id)
-        self.on_dirty()
-
-    async def flush_queues(self) -> float | None:
-        """Send waiting lists to agents and supervisors now, and positions to waiting outlets.
-
-        Waiting lists go out at once (the caller coalesces bursts); positions go to every
-        waiting outlet of a department at most every ``POSITION_INTERVAL`` seconds, because
-        each change at the head moves every outlet behind it. Returns the seconds until
-        positions are due again, or None when nothing is pending.
-        """
-        dirty, self.dirty_departments = self.dirty_departments, set()
-        self._positions_pending |= dirty
-        now = self.clock()
-        agents = await self.queue.all_presence() if self._positions_pending else []
-        for dept_id in sorted(dirty):
-            try:
-                dept = await self.directory.department(dept_id)
-            except NotFound:
-                continue
-            waiting = await self.queue.waiting(dept_id)
-            self._waiting_cache[dept_id] = waiting
-            entries = [queue_entry(c, i, now) for i, c in enumerate(waiting[:QUEUE_LIST_LIMIT], start=1)]
-            body = {
-                "department_id": dept_id,
-                "department_name": dept.name,
-                "calls": entries,
-                "total": len(waiting),
-                "server_time": now,
-            }
-            await self.notifier.emit(QUEUE_UPDATE, body, department_room(dept_id))
-            await self.notifier.emit(QUEUE_UPDATE, body, supervisor_room(dept.county))
-            await self.notifier.emit(QUEUE_UPDATE, body, supervisor_room(None))
-        next_due: float | None = None
-        for dept_id in sorted(self._positions_pending):
-            due = self._positions_sent_at.get(dept_id, 0.0) + POSITION_INTERVAL
-            if due > now:
-                next_due = min(next_due or due - now, due - now)
-                continue
-            self._positions_pending.discard(dept_id)
-            self._positions_sent_at[dept_id] = now
-            waiting = self._waiting_cache.pop(dept_id, None)
-            if waiting is None:
-                waiting = await self.queue.waiting(dept_id)
-            handling = await self.queue.handling_times(dept_id)
-            staffed = self._staffed(agents, dept_id)
-            for position, call in enumerate(waiting, start=1):
-                await self.notifier.emit(
-                    QUEUE_POSITION,
-                    {
-                        "call_id": call.id,
-                        "department_id": dept_id,
-                        "position": position,
-                        "waiting": len(waiting),
-                        "estimated_wait_seconds": domain.estimate_wait(position, handling, staffed),
-                        "agents_online": staffed,
-                    },
-                    outlet_room(call.outlet_id),
-                )
-        self._waiting_cache.clear()
-        return next_due
-
-    @staticmethod
-    def _staffed(agents: list[AgentPresence], department_id: int) -> int:
-        return sum(
-            1
-            for a in agents
-            if department_id in a.department_ids and a.state in (PresenceState.AVAILABLE, PresenceState.BUSY)
-        )
-
-    async def position_of(self, call: Call) -> dict[str, Any]:
-        waiting = await self.queue.waiting(call.department_id)
-        ids = [c.id for c in waiting]
-        position = ids.index(call.id) + 1 if call.id in ids else 0
-        staffed = self._staffed(await self.queue.all_presence(), call.department_id)
-        handling = await self.queue.handling_times(call.department_id)
-        return {
-            "call_id": call.id,
-            "department_id": call.department_id,
-            "position": position,
-            "waiting": len(ids),
-            "estimated_wait_seconds": domain.estimate_wait(position, handling, staffed) if position else 0,
-            "agents_online": staffed,
-        }
-
     # -- outlet use cases ---------------------------------------------------------------------
     async def start_call(self, p: Principal, item_id: int, applicant: Applicant, priority: bool) -> dict[str, Any]:
         """Queue a call from the principal's outlet for the item's department.
@@ -325,9 +220,9 @@ class CallService:
             failed, more = domain.end(call, EndReason.FAILED, "system", now, why=exc.message)
             await self.records.record(failed, more)
             raise
-        await self._after(None, stored, events)
+        await self.finish_change(None, stored, events)
         log.info("call %s: queued at department %s by outlet %s", stored.id, dept.id, outlet.id)
-        return {"call": public_call(stored, now), "position": await self.position_of(stored)}
+        return {"call": public_call(stored, now), "position": await self.board.position_of(stored)}
 
     async def _check_open(self, department_id: int) -> None:
         dept = await self.directory.department(department_id)
@@ -388,7 +283,7 @@ class CallService:
                     stored = await self.queue.commit(call, new)
                 except StaleCall:
                     continue
-                await self._after(call, stored, events)
+                await self.finish_change(call, stored, events)
                 log.info("call %s: offered to agent %s", stored.id, p.user_id)
                 return {"call": public_call(stored, self.clock())}
             if call_id is not None:
@@ -476,7 +371,7 @@ class CallService:
             await self.notifier.emit(PRESENCE_UPDATE, body, supervisor_room(p.county))
             await self.notifier.emit(PRESENCE_UPDATE, body, supervisor_room(None))
             for dept_id in p.department_ids:
-                self._mark_dirty(dept_id)  # the estimated wait depends on who is online
+                self.board.mark_dirty(dept_id)  # the estimated wait depends on who is online
 
     async def set_presence(self, p: Principal, state: str) -> dict[str, Any]:
         p.require_role(Role.AGENT)
@@ -577,108 +472,18 @@ class CallService:
             call_id = await self.queue.call_of_agent(p.user_id)
             presence = await self.queue.get_presence(p.user_id)
             body["presence"] = presence.public() if presence else None
-            body["queues"] = await self.queues_for(p)
+            body["queues"] = await self.board.queues_for(p)
             body["callbacks"] = await self.directory.open_callbacks(p.department_ids)
         elif p.role in (Role.SUPERVISOR, Role.ADMIN):
             body["agents"] = await self.agents_visible_to(p)
-            body["queues"] = await self.queues_for(p)
+            body["queues"] = await self.board.queues_for(p)
         if call_id is not None:
             call = await self.queue.get(call_id)
             if call is not None:
                 body["call"] = public_call(call, now)
                 if call.state is CallState.QUEUED:
-                    body["position"] = await self.position_of(call)
+                    body["position"] = await self.board.position_of(call)
         return body
-
-    async def queues_for(self, p: Principal) -> list[dict[str, Any]]:
-        """Waiting lists of the agent's departments, or of every department a supervisor sees."""
-        now = self.clock()
-        if p.role is Role.AGENT:
-            dept_ids = list(p.department_ids)
-        elif p.role in (Role.SUPERVISOR, Role.ADMIN):
-            county = None if p.role is Role.ADMIN else p.county
-            dept_ids = [d.id for d in await self.directory.departments_of_county(county)]
-        else:
-            raise Forbidden(f"role {p.role.value} has no queue view")
-        out = []
-        for dept_id in dept_ids:
-            waiting = await self.queue.waiting(dept_id)
-            out.append(
-                {"department_id": dept_id, "calls": [queue_entry(c, i, now) for i, c in enumerate(waiting, 1)]}
-            )
-        return out
-
-    # -- callbacks --------------------------------------------------------------------------
-    async def leave_callback(
-        self, p: Principal, item_id: int, applicant: Applicant, preferred: datetime | None, note: str
-    ) -> dict[str, Any]:
-        """An outlet asks to be called back (outside hours or nobody available)."""
-        p.require_role(Role.OUTLET_STAFF)
-        if p.outlet_id is None:
-            raise Forbidden("your account is not attached to an outlet")
-        outlet = await self.directory.outlet(p.outlet_id)
-        item = await self.directory.item(item_id)
-        dept = await self.directory.department(item.department_id)
-        if dept.county != outlet.county:
-            raise Forbidden(f"department {dept.id} serves another county")
-        if preferred is not None and preferred.tzinfo is None:
-            raise CloudHallError("preferred_time needs a time zone (e.g. 2026-11-24T09:00:00+08:00)",
-                                 code="invalid_input")
-        row = await self.directory.add_callback(p, dept.id, item.id, masked_applicant(applicant), preferred, note)
-        row.update(outlet_name=outlet.name, island=outlet.island, item_name=item.name)
-        await self._notify_callbacks(dept.id)
-        return {"callback": row}
-
-    async def callbacks_for(self, p: Principal) -> list[dict[str, Any]]:
-        p.require_role(Role.AGENT)
-        return await self.directory.open_callbacks(p.department_ids)
-
-    async def _notify_callbacks(self, department_id: int) -> None:
-        rows = await self.directory.open_callbacks((department_id,))
-        await self.notifier.emit(
-            CALLBACK_UPDATE, {"department_id": department_id, "callbacks": rows}, department_room(department_id)
-        )
-
-    async def call_back(self, p: Principal, callback_id: int) -> dict[str, Any]:
-        """The agent calls an outlet back: the call rings at the outlet."""
-        p.require_role(Role.AGENT)
-        held = await self.queue.call_of_agent(p.user_id)
-        if held is not None:
-            raise AgentBusy(f"you already hold call {held}", details={"call_id": held})
-        call_id = str(uuid.uuid4())
-        row = await self.directory.claim_callback(p, callback_id, call_id)
-        try:
-            outlet = await self.directory.outlet(row["outlet_id"])
-            dept = await self.directory.department(row["department_id"])
-            item = await self.directory.item(row["service_item_id"]) if row["service_item_id"] else None
-            if await self.queue.call_of_outlet(outlet.id) is not None:
-                raise Conflict(f"outlet {outlet.id} is in another call; try again later", code="outlet_busy")
-            now = self.clock()
-            call, events = domain.new_outbound_call(
-                call_id=call_id,
-                department_id=dept.id,
-                outlet_id=outlet.id,
-                staff_user_id=row_staff(row),
-                county=outlet.county,
-                agent_id=p.user_id,
-                agent_name=p.display_name,
-                callback_id=callback_id,
-                now=now,
-                item_id=item.id if item else None,
-                item_name=item.name if item else "",
-                outlet_name=outlet.name,
-                island=outlet.island,
-                department_name=dept.name,
-                applicant=dict(row["applicant"]),
-            )
-            await self.records.open(call, events, self.node_id)
-            stored = await self.queue.commit(None, call)
-        except CloudHallError:
-            await self.directory.settle_callback(callback_id, answered=False)
-            raise
-        await self._after(None, stored, events)
-        await self._notify_callbacks(dept.id)
-        return {"call": public_call(stored, now)}
 
     # -- deadlines --------------------------------------------------------------------------
     async def on_deadline(self, name: str) -> None:
@@ -743,7 +548,3 @@ class CallService:
         await self._put_presence(pres.offline(current, now))
         log.info("agent %s: offline (no heartbeat for %.0f s)", user_id, now - current.last_seen)
 
-
-def row_staff(row: dict[str, Any]) -> int:
-    """The staff member who left a callback request (the session's staff user)."""
-    return int(row["staff_user_id"])

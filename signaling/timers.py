@@ -41,7 +41,7 @@ class NodeWorker:
         self.dead_after = dead_after
         self.clock = clock
         self._flush = asyncio.Event()
-        service.on_dirty = self._flush.set
+        service.board.on_dirty = self._flush.set
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as group:
@@ -96,7 +96,7 @@ class NodeWorker:
                 pass  # positions held back by their interval are due
             self._flush.clear()
             try:
-                next_due = await self.service.flush_queues()
+                next_due = await self.service.board.flush()
             except Exception:
                 reraise_if_cancelling()
                 next_due = None
