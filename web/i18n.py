@@ -208,6 +208,7 @@ JS_MESSAGES: dict[str, str] = {
     "error_invalid_input": N_("填写的内容有误，请检查后再试"),
     "error_forbidden": N_("没有权限执行这个操作"),
     "error_internal": N_("服务器出错了，请稍后再试"),
+    "requeued": N_("坐席网络中断，已为您优先重新排队"),
     "remote_lost": N_("对方网络中断，正在等待对方重新连接…"),
     "new_in_queue": N_("有新的呼叫在排队"),
     "outlet_ringing": N_("正在呼叫服务站，等待对方接听…"),

@@ -122,6 +122,14 @@ async def test_full_call_outlet_to_agent(browser, live_server):
     await video_playing(agent, "#remote-screen", "agent sees the outlet screen", frames=3)
     await agent.wait_for_selector("#screen-empty[hidden]", state="attached")
     assert await outlet.evaluate("() => window.__pcs.length") == pcs_before, "sharing must not renegotiate"
+    # Mute and the camera switch (the fake device is the only camera: the page says so).
+    await outlet.click("#btn-mute")
+    await outlet.wait_for_selector("#btn-mute[aria-pressed=true]")
+    assert await outlet.evaluate("() => document.querySelector('#local-video').srcObject.getAudioTracks()[0].enabled") is False
+    await outlet.click("#btn-mute")
+    await outlet.click("#btn-camera")
+    await outlet.wait_for_selector("#banner:not([hidden])")
+    assert "摄像头" in await outlet.text_content("#banner")
     await screenshot(agent, "console-2-in-call-screen")
     await screenshot(outlet, "outlet-5-sharing")
     session_id = await _call_id(live_server)

@@ -23,6 +23,7 @@ const state = {
   audio: null,
   muted: false,
   outletLink: null,
+  versions: new Map(),
 };
 
 function banner(text, kind = "error") {
@@ -234,6 +235,11 @@ function stopAlert() {
 
 function onCallState(call) {
   if (!call) return;
+  // Events about one call may come from different nodes: drop one older than what we saw.
+  if (call.version !== undefined) {
+    if ((state.versions.get(call.id) ?? -1) > call.version) return;
+    state.versions.set(call.id, call.version);
+  }
   if (call.state === "ended" || (call.agent && call.agent.id !== config.user.id)) {
     if (state.call && state.call.id === call.id) endLocally(call.end_reason);
     return;

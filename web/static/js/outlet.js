@@ -24,6 +24,8 @@ const state = {
   stopMeter: null,
   muted: false,
   lastEnded: null,
+  versions: new Map(),
+  noteTimer: null,
 };
 
 // ---- stages -------------------------------------------------------------------------
@@ -75,6 +77,11 @@ async function resync() {
 
 function onCallState(call) {
   if (!call) return;
+  // Events about one call may come from different nodes: drop one older than what we saw.
+  if (call.version !== undefined) {
+    if ((state.versions.get(call.id) ?? -1) > call.version) return;
+    state.versions.set(call.id, call.version);
+  }
   // Late news of the call that just ended (its rating may already be in): nothing to do.
   if (call.state === "ended" && (!state.session || state.session.id !== call.id)) return;
   if (state.session && call.id !== state.session.id) {
@@ -89,6 +96,13 @@ function onCallState(call) {
   $("#wait-item").textContent = call.item_name || "";
   show($("#ring-box"), false);
   show($("#wait-title"), true);
+  if ((call.state === "queued" || call.state === "offered") && state.peer) {
+    // The agent dropped out for good: the call is back at the front of the queue.
+    state.peer.close();
+    state.peer = null;
+    $("#remote-video").srcObject = null;
+    banner(t("requeued"), "info");
+  }
   if (call.state === "queued") {
     if (state.stage !== "waiting") setStage("waiting");
     show($("#call-cancel"), true);
@@ -107,6 +121,7 @@ function onCallState(call) {
       $("#wait-eta").textContent = "";
     }
   } else if (call.state === "connecting" || call.state === "in_call") {
+    banner("");
     const overlay = $("#call-overlay");
     if (state.stage === "call" && call.agent_present === false) {
       overlay.textContent = t("remote_lost");
