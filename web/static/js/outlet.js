@@ -31,6 +31,7 @@ const state = {
 // ---- stages -------------------------------------------------------------------------
 
 function setStage(stage) {
+  if (state.stage !== stage) banner("");
   state.stage = stage;
   for (const section of $$(".stage")) show(section, section.dataset.stage === stage);
   for (const li of $$("#steps li")) {
@@ -101,6 +102,7 @@ function onCallState(call) {
     state.peer.close();
     state.peer = null;
     $("#remote-video").srcObject = null;
+    setStage("waiting");
     banner(t("requeued"), "info");
   }
   if (call.state === "queued") {
