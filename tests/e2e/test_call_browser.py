@@ -55,8 +55,8 @@ async def video_playing(page: Any, selector: str, what: str, timeout: float = 25
     await wait_for(rising, timeout=timeout, interval=0.2, what=f"{what}: framesDecoded rising from {first}")
 
 
-async def outlet_ready(browser: Any, server: LiveServer, item: str = "cxjm") -> tuple[Any, Any]:
-    page, log = await open_page(browser, server, "outlet")
+async def outlet_ready(browser: Any, server: LiveServer, item: str = "cxjm", size: str = "hd") -> tuple[Any, Any]:
+    page, log = await open_page(browser, server, "outlet", size=size)
     await login_page(page, server, "staff1", "/outlet")
     await page.wait_for_selector("#check-camera[data-result=ok]")
     await page.wait_for_selector("#check-network:is([data-result=ok],[data-result=warn])", timeout=20000)
@@ -73,8 +73,8 @@ async def outlet_ready(browser: Any, server: LiveServer, item: str = "cxjm") -> 
     return page, log
 
 
-async def agent_ready(browser: Any, server: LiveServer) -> tuple[Any, Any]:
-    page, log = await open_page(browser, server, "agent")
+async def agent_ready(browser: Any, server: LiveServer, size: str = "hd") -> tuple[Any, Any]:
+    page, log = await open_page(browser, server, "agent", size=size)
     await login_page(page, server, "agent1", "/console")
     await page.wait_for_selector("#conn-status[data-state=connected]")
     await page.click(".presence-btn[data-presence=available]")
@@ -82,7 +82,7 @@ async def agent_ready(browser: Any, server: LiveServer) -> tuple[Any, Any]:
     return page, log
 
 
-async def start_call_and_take(outlet: Any, agent: Any) -> None:
+async def start_call_and_take(outlet: Any, agent: Any, button: str = "#queue-rows .take-this") -> None:
     await outlet.click("#call-start")
     await outlet.wait_for_selector("#stage-waiting:not([hidden])")
     await outlet.wait_for_function("() => document.querySelector('#wait-position').textContent.length > 0")
@@ -93,7 +93,7 @@ async def start_call_and_take(outlet: Any, agent: Any) -> None:
     row = await agent.text_content("#queue-rows tr")
     assert "花鸟村便民服务站" in row and "花鸟岛" in row and "城乡居民养老保险参保登记" in row
     await screenshot(agent, "console-1-queue-alert")
-    await agent.click("#queue-rows .take-this")
+    await agent.click(button)
     await agent.wait_for_selector("#view-call:not([hidden])")
     await outlet.wait_for_selector("#stage-call:not([hidden])")
 

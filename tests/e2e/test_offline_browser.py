@@ -13,10 +13,15 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
 async def test_outlet_offline_and_back(browser, live_server):
-    agent, agent_log = await agent_ready(browser, live_server)
-    outlet, outlet_log = await outlet_ready(browser, live_server)
-    await start_call_and_take(outlet, agent)
+    # On 1920×1080 screens, and with "take next" rather than a row's button.
+    agent, agent_log = await agent_ready(browser, live_server, size="fhd")
+    outlet, outlet_log = await outlet_ready(browser, live_server, size="fhd")
+    await start_call_and_take(outlet, agent, button="#take-next")
     await video_playing(outlet, "#remote-video", "outlet sees the agent")
+    await video_playing(agent, "#remote-camera", "agent sees the outlet")
+    for page, name in ((outlet, "outlet"), (agent, "console")):
+        assert await page.evaluate("() => document.documentElement.scrollWidth") <= 1920
+        await screenshot(page, f"{name}-in-call-fhd")
     session_id = await _call_id(live_server)
 
     await outlet.context.set_offline(True)
