@@ -2,7 +2,8 @@
 
 Not part of CI. Starts ``cloudhall serve`` (embedded mode, SQLite in a temporary folder)
 and, for comparison in the same run, a bare python-socketio echo server, each in its own
-process; the clients run in this process. Prints connected clients, calls queued and
+process; the clients run in child processes (the agents' in one, the outlets' in
+``--client-processes``), so that one client process's CPU does not cap the figures. Prints connected clients, calls queued and
 answered per second, and queue-update latency p50/p99 (from an outlet's ``call:start``
 until the first agent sees that call in a ``queue:update``), next to the echo server's
 connect rate and round-trip p50/p99 with the same number of clients.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing
 import os
 import resource
 import secrets
@@ -106,34 +108,149 @@ async def connect_all(url: str, headers: list[dict[str, str]]) -> tuple[list[soc
     return clients, time.perf_counter() - started
 
 
-async def echo_benchmark(count: int, rounds: int) -> dict[str, float]:
+async def echo_benchmark(count: int, rounds: int, processes: int) -> dict[str, float]:
     port = free_port()
     process = subprocess.Popen([sys.executable, __file__, "--echo-server", str(port)])
     try:
         wait_listening(port, process)
-        clients, elapsed = await connect_all(f"http://127.0.0.1:{port}", [{}] * count)
-        rtts: list[float] = []
-
-        async def one(client: socketio.AsyncClient) -> None:
-            for _ in range(rounds):
-                t = time.perf_counter()
-                await client.call("echo", {"x": 1}, timeout=30)
-                rtts.append(time.perf_counter() - t)
-
-        t0 = time.perf_counter()
-        await asyncio.gather(*(one(c) for c in clients))
-        spent = time.perf_counter() - t0
-        await asyncio.gather(*(c.disconnect() for c in clients))
+        url = f"http://127.0.0.1:{port}"
+        shares = [count // processes + (1 if i < count % processes else 0) for i in range(processes)]
+        workers = [Worker("echo", url, [{}] * share, 0) for share in shares]
+        connected = [w.result("connected") for w in workers]
+        for w in workers:
+            w.send("echo", rounds)
+        echoed = [w.result("echo") for w in workers]
+        for w in workers:
+            w.stop()
+        rtts = [r for _, rs, _ in echoed for r in rs]
         return {
-            "clients": len(clients),
-            "connect_per_s": len(clients) / elapsed,
-            "messages_per_s": len(rtts) / spent,
+            "clients": sum(c[1] for c in connected),
+            "connect_per_s": sum(c[1] for c in connected) / max(c[2] for c in connected),
+            "messages_per_s": len(rtts) / max(e[2] for e in echoed),
             "rtt_p50_ms": pct(rtts, 0.5) * 1000,
             "rtt_p99_ms": pct(rtts, 0.99) * 1000,
         }
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=10)
+
+
+# -- client processes ----------------------------------------------------------------------
+
+
+class Worker:
+    """A child process holding a share of the clients, driven by commands (one client core each)."""
+
+    def __init__(self, kind: str, url: str, headers: list[dict[str, str]], item_id: int) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.commands = ctx.Queue()
+        self.results = ctx.Queue()
+        self.process = ctx.Process(
+            target=worker_main, args=(kind, url, headers, item_id, self.commands, self.results), daemon=True
+        )
+        self.process.start()
+
+    def send(self, *command: Any) -> None:
+        self.commands.put(command)
+
+    def result(self, name: str, timeout: float = 600) -> Any:
+        value = self.results.get(timeout=timeout)
+        if value[0] != name:
+            raise SystemExit(f"client worker answered {value[0]} ({value[1:]}) instead of {name}")
+        return value
+
+    def stop(self) -> None:
+        self.send("stop")
+        self.result("stopped")
+        self.process.join(timeout=30)
+
+
+def worker_main(kind: str, url: str, headers: list[dict[str, str]], item_id: int, commands: Any, results: Any) -> None:
+    raise_fd_limit()
+    try:
+        asyncio.run(_worker(kind, url, headers, item_id, commands, results))
+    except BaseException as exc:  # report, so the parent does not wait forever
+        results.put(("failed", repr(exc)))
+        raise
+
+
+async def _worker(kind: str, url: str, headers: list[dict[str, str]], item_id: int, commands: Any, results: Any) -> None:
+    clients, elapsed = await connect_all(url, headers)
+    results.put(("connected", len(clients), elapsed))
+    seen_at: dict[str, float] = {}
+
+    def on_update(data: dict[str, Any]) -> None:
+        now = time.time()
+        for entry in data["calls"]:
+            seen_at.setdefault(entry["id"], now)
+
+    if kind == "agents":
+        for client in clients:
+            client.on("queue:update", on_update)
+    sent_at: dict[str, float] = {}
+
+    async def start(client: socketio.AsyncClient, i: int) -> None:
+        t = time.time()
+        ack = await client.call("call:start", {"item_id": item_id, "applicant": {"name": f"申请人{i}"}}, timeout=300)
+        if "error" in ack:
+            raise SystemExit(f"call:start failed: {ack}")
+        sent_at[ack["call"]["id"]] = t
+
+    answered = 0
+
+    async def agent_loop(client: socketio.AsyncClient) -> None:
+        nonlocal answered
+        while True:
+            ack = await client.call("queue:take", {}, timeout=300)
+            if "error" in ack:
+                if ack["error"]["code"] == "queue_empty":
+                    return
+                continue
+            call_id = ack["call"]["id"]
+            for event in ("call:accept", "call:connected", "call:end"):
+                result = await client.call(event, {"call_id": call_id}, timeout=300)
+                if "error" in result:
+                    raise SystemExit(f"{event} failed: {result}")
+            answered += 1
+
+    loop = asyncio.get_running_loop()
+    while True:
+        command, *args = await loop.run_in_executor(None, commands.get)
+        if command == "paced":  # the first calls at a steady pace (latency sample)
+            count, pace = args
+            tasks = []
+            for i in range(count):
+                tasks.append(asyncio.create_task(start(clients[i], i)))
+                await asyncio.sleep(1 / pace)
+            await asyncio.gather(*tasks)
+            results.put(("paced", dict(sent_at)))
+        elif command == "burst":  # the rest all at once (throughput)
+            first = args[0]
+            t = time.time()
+            await asyncio.gather(*(start(c, i) for i, c in enumerate(clients) if i >= first))
+            results.put(("burst", len(clients) - first, time.time() - t))
+        elif command == "seen":
+            results.put(("seen", dict(seen_at)))
+        elif command == "answer":
+            t = time.time()
+            await asyncio.gather(*(agent_loop(c) for c in clients))
+            results.put(("answered", answered, time.time() - t))
+        elif command == "echo":
+            rtts: list[float] = []
+
+            async def one(client: socketio.AsyncClient) -> None:
+                for _ in range(args[0]):
+                    t0 = time.perf_counter()
+                    await client.call("echo", {"x": 1}, timeout=60)
+                    rtts.append(time.perf_counter() - t0)
+
+            t = time.time()
+            await asyncio.gather(*(one(c) for c in clients))
+            results.put(("echo", rtts, time.time() - t))
+        elif command == "stop":
+            await asyncio.gather(*(c.disconnect() for c in clients), return_exceptions=True)
+            results.put(("stopped",))
+            return
 
 
 # -- the signalling benchmark --------------------------------------------------------------
@@ -175,7 +292,7 @@ async def populate(db_url: str, outlets: int, agents: int) -> tuple[int, dict[st
         await db.dispose()
 
 
-async def signaling_benchmark(outlets: int, agents: int, work: Path, pace: float) -> dict[str, float]:
+async def signaling_benchmark(outlets: int, agents: int, work: Path, pace: float, processes: int) -> dict[str, float]:
     db_url = f"sqlite+aiosqlite:///{work / 'bench.db'}"
     await asyncio.to_thread(upgrade, db_url)
     item_id, tokens, staff_names, agent_names = await populate(db_url, outlets, agents)
@@ -206,71 +323,45 @@ async def signaling_benchmark(outlets: int, agents: int, work: Path, pace: float
     try:
         wait_listening(port, process)
         header = lambda name: {"Cookie": f"{SESSION_COOKIE}={tokens[name]}"}  # noqa: E731
-        agent_clients, agent_connect = await connect_all(url, [header(n) for n in agent_names])
-        outlet_clients, outlet_connect = await connect_all(url, [header(n) for n in staff_names])
-        connected = len(agent_clients) + len(outlet_clients)
-        connect_rate = connected / (agent_connect + outlet_connect)
-
-        sent_at: dict[str, float] = {}
-        seen_at: dict[str, float] = {}
-
-        def on_update(data: dict[str, Any]) -> None:
-            now = time.perf_counter()
-            for entry in data["calls"]:
-                seen_at.setdefault(entry["id"], now)
-
-        for client in agent_clients:
-            client.on("queue:update", on_update)
-
-        # Phase 1: every outlet calls (all at once); agents do not answer yet.
-        async def start(client: socketio.AsyncClient, i: int) -> None:
-            t = time.perf_counter()
-            ack = await client.call("call:start", {"item_id": item_id, "applicant": {"name": f"申请人{i}"}}, timeout=120)
-            if "error" in ack:
-                raise SystemExit(f"call:start failed: {ack}")
-            sent_at[ack["call"]["id"]] = t
+        agents_w = Worker("agents", url, [header(n) for n in agent_names], item_id)
+        _, agent_count, agent_connect = agents_w.result("connected")
+        outlet_ws = [
+            Worker("outlets", url, [header(n) for n in staff_names[i::processes]], item_id) for i in range(processes)
+        ]
+        outlet_connected = [w.result("connected") for w in outlet_ws]
+        connected = agent_count + sum(c[1] for c in outlet_connected)
+        connect_rate = connected / (agent_connect + max(c[2] for c in outlet_connected))
 
         # Phase 1a: the first calls arrive at a steady pace; their queue-update latency is
         # measured (waiting lists carry the first 100 calls, so at most 100 samples).
-        paced = min(100, outlets)
-        for i in range(paced):
-            asyncio.get_running_loop().create_task(start(outlet_clients[i], i))
-            await asyncio.sleep(1 / pace)
-        deadline = time.perf_counter() + 30
-        while time.perf_counter() < deadline and len([c for c in sent_at if c in seen_at]) < paced:
-            await asyncio.sleep(0.05)
+        paced = min(100, len(staff_names[0::processes]))
+        outlet_ws[0].send("paced", paced, pace)
+        _, sent_at = outlet_ws[0].result("paced")
+        deadline = time.time() + 30
+        seen_at: dict[str, float] = {}
+        while time.time() < deadline:
+            agents_w.send("seen")
+            _, seen_at = agents_w.result("seen")
+            if all(c in seen_at for c in sent_at):
+                break
+            time.sleep(0.2)
         latencies = [seen_at[c] - sent_at[c] for c in sent_at if c in seen_at]
         # Phase 1b: every other outlet calls at once: queueing throughput.
-        t0 = time.perf_counter()
         mark = cpu_mark()
-        await asyncio.gather(*(start(c, i) for i, c in enumerate(outlet_clients) if i >= paced))
+        for i, w in enumerate(outlet_ws):
+            w.send("burst", paced if i == 0 else 0)
+        bursts = [w.result("burst") for w in outlet_ws]
         cpu_since("queue", mark)
-        queued_rate = (outlets - paced) / (time.perf_counter() - t0) if outlets > paced else float("nan")
+        queued_rate = sum(b[1] for b in bursts) / max(b[2] for b in bursts)
 
         # Phase 2: agents answer every call (take next, accept, connected, end) as fast as they can.
-        answered = 0
-
-        async def agent_loop(client: socketio.AsyncClient) -> None:
-            nonlocal answered
-            while True:
-                ack = await client.call("queue:take", {}, timeout=120)
-                if "error" in ack:
-                    if ack["error"]["code"] == "queue_empty":
-                        return
-                    continue
-                call_id = ack["call"]["id"]
-                for event in ("call:accept", "call:connected", "call:end"):
-                    result = await client.call(event, {"call_id": call_id}, timeout=120)
-                    if "error" in result:
-                        raise SystemExit(f"{event} failed: {result}")
-                answered += 1
-
-        t1 = time.perf_counter()
         mark = cpu_mark()
-        await asyncio.gather(*(agent_loop(c) for c in agent_clients))
+        agents_w.send("answer")
+        _, answered, spent = agents_w.result("answered")
         cpu_since("answer", mark)
-        answer_rate = answered / (time.perf_counter() - t1)
-        await asyncio.gather(*(c.disconnect() for c in agent_clients + outlet_clients))
+        answer_rate = answered / spent
+        for w in [agents_w, *outlet_ws]:
+            w.stop()
         return {
             "clients": connected,
             "connect_per_s": connect_rate,
@@ -291,9 +382,9 @@ async def signaling_benchmark(outlets: int, agents: int, work: Path, pace: float
 async def main(args: argparse.Namespace) -> None:
     raise_fd_limit()
     with tempfile.TemporaryDirectory() as tmp:
-        sig = await signaling_benchmark(args.outlets, args.agents, Path(tmp), args.pace)
-    echo = await echo_benchmark(args.outlets + args.agents, args.echo_rounds)
-    print(f"signalling, one node, {args.outlets} outlets + {args.agents} agents (clients in one process):")
+        sig = await signaling_benchmark(args.outlets, args.agents, Path(tmp), args.pace, args.client_processes)
+    echo = await echo_benchmark(args.outlets + args.agents, args.echo_rounds, args.client_processes + 1)
+    print(f"signalling, one node, {args.outlets} outlets + {args.agents} agents (agents' clients in one process, outlets' in {args.client_processes}):")
     print(f"  connected clients          {sig['clients']}  ({sig['connect_per_s']:.0f} connects/s)")
     print(f"  calls queued               {sig['queued_per_s']:.0f} /s  (the outlets after the first 100, all at once;"
           f" server CPU {sig['cpu_queue']:.0f} %)")
@@ -301,7 +392,7 @@ async def main(args: argparse.Namespace) -> None:
           f" server CPU {sig['cpu_answer']:.0f} %)")
     print(f"  queue-update latency       p50 {sig['update_p50_ms']:.1f} ms, p99 {sig['update_p99_ms']:.1f} ms "
           f"({sig['update_samples']} calls arriving at {args.pace:.0f}/s)")
-    print(f"bare python-socketio echo server, {echo['clients']} clients:")
+    print(f"bare python-socketio echo server, {echo['clients']} clients in {args.client_processes + 1} processes:")
     print(f"  connected clients          {echo['clients']}  ({echo['connect_per_s']:.0f} connects/s)")
     print(f"  echo round trips           {echo['messages_per_s']:.0f} /s, p50 {echo['rtt_p50_ms']:.1f} ms, "
           f"p99 {echo['rtt_p99_ms']:.1f} ms")
@@ -312,6 +403,7 @@ if __name__ == "__main__":
     parser.add_argument("--outlets", type=int, default=1000)
     parser.add_argument("--agents", type=int, default=100)
     parser.add_argument("--echo-rounds", type=int, default=5)
+    parser.add_argument("--client-processes", type=int, default=2, help="processes for the outlets' clients")
     parser.add_argument("--pace", type=float, default=20.0, help="calls/s for the latency sample")
     parser.add_argument("--echo-server", type=int, help=argparse.SUPPRESS)
     ns = parser.parse_args()
