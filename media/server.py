@@ -16,6 +16,7 @@ from cloudhall.errors import InvalidInput, NotFound
 from cloudhall.settings import MediaSettings
 from media import ice, passthrough
 from media.offer import AnswerOut, OfferIn, parse_offer
+from media.relay import SourceRelay
 from media.session import MediaSession
 from media.sink import PacketSink
 
@@ -138,7 +139,7 @@ class MediaServer:
         relay = self._relay(session_id, participant, source)
         relay.request_keyframe("requested", force=True)
 
-    def _relay(self, session_id: str, participant: str, source: str):  # type: ignore[no-untyped-def]
+    def _relay(self, session_id: str, participant: str, source: str) -> SourceRelay:
         session = self._session(session_id)
         relay = session.relays.get((participant, source))
         if relay is None:
