@@ -4,8 +4,9 @@ import { $, $$, el, explain, pageConfig, show, translator } from "./dom.js";
 import { Signal } from "./socket.js";
 import { EV } from "./protocol.js";
 import { Peer, Ladder, qualityLevel } from "./peer.js";
-import { applyCameraStep, micLevel, nextCamera, openCameraAndMic, openScreen } from "./devices.js";
-import { measureNetwork } from "./netcheck.js";
+import { applyCameraStep, nextCamera, openCameraAndMic, openScreen } from "./devices.js";
+import { PreCallCheck } from "./precheck.js";
+import { RatingForm } from "./rating.js";
 import { isValidIdNumber, isValidPhone } from "./idcard.js";
 import { ItemPicker } from "./items.js";
 import { Chat } from "./chat.js";
@@ -21,7 +22,6 @@ const state = {
   session: null, // {id, state, item_name}
   peer: null,
   ladder: new Ladder(),
-  stopMeter: null,
   muted: false,
   lastEnded: null,
   versions: new Map(),
@@ -137,45 +137,7 @@ function onCallState(call) {
 
 // ---- pre-call check -----------------------------------------------------------------
 
-function checkResult(id, result, text) {
-  const item = $(id);
-  item.dataset.result = result;
-  item.querySelector(".check-text").textContent = text;
-}
-
-async function checkCamera() {
-  show($("#check-camera-retry"), false);
-  try {
-    if (!state.media) state.media = await openCameraAndMic();
-    $("#check-video").srcObject = state.media;
-    if (state.stopMeter) state.stopMeter();
-    state.stopMeter = micLevel(state.media, (level) => { $("#mic-level").value = level; });
-    checkResult("#check-camera", "ok", t("check_camera_ok"));
-  } catch (err) {
-    checkResult("#check-camera", "fail", `${t("check_camera_fail")} (${err.name})`);
-    show($("#check-camera-retry"), true);
-  }
-}
-
-async function checkScreen() {
-  try {
-    const stream = await openScreen();
-    stream.getTracks().forEach((track) => track.stop());
-    checkResult("#check-screen", "ok", t("check_screen_ok"));
-  } catch (err) {
-    checkResult("#check-screen", "fail", `${t("check_screen_fail")} (${err.name})`);
-  }
-}
-
-async function checkNetwork() {
-  show($("#check-network-retry"), false);
-  checkResult("#check-network", "pending", t("check_net_running"));
-  const result = await measureNetwork();
-  const figures = result.rtt === null ? "" : " — " + t("net_result", { rtt: result.rtt, loss: Math.round(result.loss * 100) });
-  const advice = { good: "check_net_good", fair: "check_net_fair", poor: "check_net_poor", fail: "check_net_fail" }[result.verdict];
-  checkResult("#check-network", result.verdict === "fail" ? "fail" : result.verdict === "good" ? "ok" : "warn", t(advice) + figures);
-  if (result.verdict !== "good") show($("#check-network-retry"), true);
-}
+const precheck = new PreCallCheck({ t, onMedia: (stream) => { state.media = stream; } });
 
 // ---- form ---------------------------------------------------------------------------
 
@@ -503,8 +465,7 @@ function endLocally({ reason } = {}) {
   $("#ended-text").textContent = t("call_ended") + (reason ? " — " + t(`ended_reason_${reason}`) : "");
   if (wasInCall || reason === "completed") {
     setStage("rating");
-    show($("#rating-box"), true);
-    show($("#rating-done"), false);
+    rating.open(ended.id);
   } else if (reason === "cancelled" || !ended) {
     setStage("form");
   } else {
@@ -516,45 +477,10 @@ function endLocally({ reason } = {}) {
 
 // ---- rating -------------------------------------------------------------------------
 
-let ratingLevel = null;
-
-function pickRating(event) {
-  const button = event.target.closest(".rating-btn");
-  if (!button) return;
-  ratingLevel = Number(button.dataset.level);
-  for (const b of $$(".rating-btn")) b.setAttribute("aria-pressed", String(b === button));
-}
-
-async function submitRating() {
-  const errorNode = $("#rating-error");
-  if (!ratingLevel) {
-    errorNode.textContent = t("rating_pick");
-    show(errorNode, true);
-    return;
-  }
-  const sessionId = state.lastEnded && state.lastEnded.id;
-  const response = await fetch(`/api/sessions/${encodeURIComponent(sessionId)}/rating`, {
-    method: "POST",
-    credentials: "same-origin",
-    headers: { "Content-Type": "application/json", "X-CSRF-Token": config.csrf_token },
-    body: JSON.stringify({ level: ratingLevel, comment: $("#rating-comment").value.trim() }),
-  });
-  if (!response.ok) {
-    const body = await response.json().catch(() => ({}));
-    errorNode.textContent = t("error") + ((body.error && body.error.message) || response.status);
-    show(errorNode, true);
-    return;
-  }
-  show(errorNode, false);
-  show($("#rating-box"), false);
-  $("#rating-done").textContent = t("rating_thanks");
-  show($("#rating-done"), true);
-}
+const rating = new RatingForm({ t, csrfToken: config.csrf_token });
 
 function resetForNext() {
-  ratingLevel = null;
-  for (const b of $$(".rating-btn")) b.setAttribute("aria-pressed", "false");
-  $("#rating-comment").value = "";
+  rating.reset();
   for (const id of ["#applicant-name", "#applicant-id", "#applicant-phone", "#callback-when"]) $(id).value = "";
   $("#applicant-priority").checked = false;
   $("#consent-accept").checked = false;
@@ -601,12 +527,8 @@ signal.on(EV.LINK_STATUS, (status) => {
 
 // ---- wiring -------------------------------------------------------------------------
 
-$("#check-camera-retry").addEventListener("click", checkCamera);
-$("#check-screen-run").addEventListener("click", checkScreen);
-$("#check-network-retry").addEventListener("click", checkNetwork);
 $("#check-continue").addEventListener("click", () => {
-  if (state.stopMeter) state.stopMeter();
-  state.stopMeter = null;
+  precheck.stop();
   setStage("form");
   $("#item-search").focus();
 });
@@ -621,8 +543,6 @@ $("#ring-decline").addEventListener("click", () => answerRing(false));
 $("#btn-share").addEventListener("click", toggleShare);
 $("#btn-camera").addEventListener("click", switchCamera);
 $("#btn-mute").addEventListener("click", toggleMute);
-$("#rating-buttons").addEventListener("click", pickRating);
-$("#rating-submit").addEventListener("click", submitRating);
 $("#next-applicant").addEventListener("click", resetForNext);
 window.addEventListener("online", () => {
   if (state.peer && state.peer.state !== "connected") state.peer.restart("online");
@@ -630,5 +550,5 @@ window.addEventListener("online", () => {
 
 setStage("check");
 picker.load().catch((err) => banner(explain(t, err)));
-checkCamera();
-checkNetwork();
+precheck.camera();
+precheck.network();
