@@ -42,7 +42,13 @@ class QueueBoard:
         self.on_dirty: Callable[[], None] = lambda: None
 
     def mark_dirty(self, department_id: int) -> None:
+        """The department's waiting list changed: push it, then positions."""
         self.dirty_departments.add(department_id)
+        self.on_dirty()
+
+    def staffing_changed(self, department_id: int) -> None:
+        """Who is online changed: only the estimated waits move, not the list."""
+        self._positions_pending.add(department_id)
         self.on_dirty()
 
     async def flush(self) -> float | None:

@@ -371,7 +371,7 @@ class CallService:
             await self.notifier.emit(PRESENCE_UPDATE, body, supervisor_room(p.county))
             await self.notifier.emit(PRESENCE_UPDATE, body, supervisor_room(None))
             for dept_id in p.department_ids:
-                self.board.mark_dirty(dept_id)  # the estimated wait depends on who is online
+                self.board.staffing_changed(dept_id)  # the estimated wait depends on who is online
 
     async def set_presence(self, p: Principal, state: str) -> dict[str, Any]:
         p.require_role(Role.AGENT)
