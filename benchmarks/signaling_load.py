@@ -2,8 +2,8 @@
 
 Not part of CI. Starts ``cloudhall serve`` (embedded mode, SQLite in a temporary folder)
 and, for comparison in the same run, a bare python-socketio echo server, each in its own
-process; the clients run in child processes (the agents' in one, the outlets' in
-``--client-processes``), so that one client process's CPU does not cap the figures. Prints connected clients, calls queued and
+process; the clients run in child processes (``--client-processes`` for the agents and as
+many for the outlets), so that one client process's CPU does not cap the figures. Prints connected clients, calls queued and
 answered per second, and queue-update latency p50/p99 (from an outlet's ``call:start``
 until the first agent sees that call in a ``queue:update``), next to the echo server's
 connect rate and round-trip p50/p99 with the same number of clients.
@@ -323,8 +323,13 @@ async def signaling_benchmark(outlets: int, agents: int, work: Path, pace: float
     try:
         wait_listening(port, process)
         header = lambda name: {"Cookie": f"{SESSION_COOKIE}={tokens[name]}"}  # noqa: E731
-        agents_w = Worker("agents", url, [header(n) for n in agent_names], item_id)
-        _, agent_count, agent_connect = agents_w.result("connected")
+        agent_ws = [
+            Worker("agents", url, [header(n) for n in agent_names[i::processes]], item_id) for i in range(processes)
+        ]
+        agent_connected = [w.result("connected") for w in agent_ws]
+        agent_count = sum(c[1] for c in agent_connected)
+        agent_connect = max(c[2] for c in agent_connected)
+        agents_w = agent_ws[0]  # every agent sees every update: one process's view gives the latency
         outlet_ws = [
             Worker("outlets", url, [header(n) for n in staff_names[i::processes]], item_id) for i in range(processes)
         ]
@@ -356,11 +361,13 @@ async def signaling_benchmark(outlets: int, agents: int, work: Path, pace: float
 
         # Phase 2: agents answer every call (take next, accept, connected, end) as fast as they can.
         mark = cpu_mark()
-        agents_w.send("answer")
-        _, answered, spent = agents_w.result("answered")
+        for w in agent_ws:
+            w.send("answer")
+        done = [w.result("answered") for w in agent_ws]
         cpu_since("answer", mark)
-        answer_rate = answered / spent
-        for w in [agents_w, *outlet_ws]:
+        answered = sum(d[1] for d in done)
+        answer_rate = answered / max(d[2] for d in done)
+        for w in [*agent_ws, *outlet_ws]:
             w.stop()
         return {
             "clients": connected,
@@ -383,8 +390,8 @@ async def main(args: argparse.Namespace) -> None:
     raise_fd_limit()
     with tempfile.TemporaryDirectory() as tmp:
         sig = await signaling_benchmark(args.outlets, args.agents, Path(tmp), args.pace, args.client_processes)
-    echo = await echo_benchmark(args.outlets + args.agents, args.echo_rounds, args.client_processes + 1)
-    print(f"signalling, one node, {args.outlets} outlets + {args.agents} agents (agents' clients in one process, outlets' in {args.client_processes}):")
+    echo = await echo_benchmark(args.outlets + args.agents, args.echo_rounds, 2 * args.client_processes)
+    print(f"signalling, one node, {args.outlets} outlets + {args.agents} agents (clients in {2 * args.client_processes} processes):")
     print(f"  connected clients          {sig['clients']}  ({sig['connect_per_s']:.0f} connects/s)")
     print(f"  calls queued               {sig['queued_per_s']:.0f} /s  (the outlets after the first 100, all at once;"
           f" server CPU {sig['cpu_queue']:.0f} %)")
@@ -392,7 +399,7 @@ async def main(args: argparse.Namespace) -> None:
           f" server CPU {sig['cpu_answer']:.0f} %)")
     print(f"  queue-update latency       p50 {sig['update_p50_ms']:.1f} ms, p99 {sig['update_p99_ms']:.1f} ms "
           f"({sig['update_samples']} calls arriving at {args.pace:.0f}/s)")
-    print(f"bare python-socketio echo server, {echo['clients']} clients in {args.client_processes + 1} processes:")
+    print(f"bare python-socketio echo server, {echo['clients']} clients in {2 * args.client_processes} processes:")
     print(f"  connected clients          {echo['clients']}  ({echo['connect_per_s']:.0f} connects/s)")
     print(f"  echo round trips           {echo['messages_per_s']:.0f} /s, p50 {echo['rtt_p50_ms']:.1f} ms, "
           f"p99 {echo['rtt_p99_ms']:.1f} ms")
