@@ -265,6 +265,9 @@ function onCallState(call) {
 }
 
 async function enterCall(call) {
+  // call:state and the accept ack both bring us here; the first one builds the media.
+  if (state.entering === call.id) return;
+  state.entering = call.id;
   stopAlert();
   setPresence("busy"); // the server made us busy; it tells supervisors, and our heartbeat confirms
   show($("#view-queue"), false);
@@ -356,6 +359,7 @@ function showQuality(level, rtt) {
 }
 
 function endLocally() {
+  state.entering = null;
   if (state.peer) state.peer.close();
   state.peer = null;
   state.call = null;

@@ -1,11 +1,5 @@
 // Cameras, microphone and screen capture, with the constraints each use needs.
 
-// Camera steps of the weak-link ladder: [width, height, frame rate].
-export const CAMERA_STEPS = [
-  { width: 640, height: 480, frameRate: 24 },
-  { width: 320, height: 240, frameRate: 12 },
-];
-
 /** Open camera and microphone; `deviceId` picks a camera (document camera). */
 export async function openCameraAndMic({ deviceId = null, audio = true } = {}) {
   const video = { width: { ideal: 640 }, height: { ideal: 480 }, frameRate: { ideal: 24, max: 30 } };
@@ -44,17 +38,6 @@ export async function nextCamera(currentTrack) {
   const currentId = currentTrack && currentTrack.getSettings().deviceId;
   const index = cameras.findIndex((c) => c.deviceId === currentId);
   return cameras[(index + 1) % cameras.length];
-}
-
-/** Apply one camera step of the ladder to a live track. */
-export async function applyCameraStep(track, step) {
-  if (!track || track.readyState !== "live") return;
-  const { width, height, frameRate } = CAMERA_STEPS[Math.min(step, CAMERA_STEPS.length - 1)];
-  try {
-    await track.applyConstraints({ width: { ideal: width }, height: { ideal: height }, frameRate: { ideal: frameRate } });
-  } catch (err) {
-    console.warn("camera constraints refused:", err);
-  }
 }
 
 /**

@@ -4,7 +4,7 @@ import { $, $$, el, explain, pageConfig, show, translator } from "./dom.js";
 import { Signal } from "./socket.js";
 import { EV } from "./protocol.js";
 import { Peer, Ladder, qualityLevel } from "./peer.js";
-import { applyCameraStep, nextCamera, openCameraAndMic, openScreen } from "./devices.js";
+import { nextCamera, openCameraAndMic, openScreen } from "./devices.js";
 import { PreCallCheck } from "./precheck.js";
 import { RatingForm } from "./rating.js";
 import { isValidIdNumber, isValidPhone } from "./idcard.js";
@@ -101,6 +101,7 @@ function onCallState(call) {
     // The agent dropped out for good: the call is back at the front of the queue.
     state.peer.close();
     state.peer = null;
+    state.entering = null;
     $("#remote-video").srcObject = null;
     setStage("waiting");
     banner(t("requeued"), "info");
@@ -305,7 +306,9 @@ async function answerRing(accept) {
 async function enterCall(call) {
   if (state.stage !== "call") setStage("call");
   state.session.answered = true;
-  if (state.peer) return;
+  // call:state and the accept ack may both bring us here; the first one builds the media.
+  if (state.peer || state.entering === call.id) return;
+  state.entering = call.id;
   if (!state.media) {
     try {
       state.media = await openCameraAndMic();
@@ -385,7 +388,6 @@ async function setLadderStep(step, sample) {
   if (!state.peer) return;
   const previous = state.peer.step;
   await state.peer.applyStep(step);
-  await applyCameraStep(state.media && state.media.getVideoTracks()[0], step >= 1 ? 1 : 0);
   const note = $("#ladder-note");
   note.textContent = step < previous && step === 0 ? t("ladder_up") : t(`ladder_${step}`);
   note.dataset.step = String(step);
@@ -453,6 +455,7 @@ function toggleMute() {
 }
 
 function endLocally({ reason } = {}) {
+  state.entering = null;
   if (state.peer) state.peer.close();
   state.peer = null;
   if (state.screen) state.screen.getTracks().forEach((track) => track.stop());

@@ -201,6 +201,7 @@ export class Peer extends EventTarget {
   async #reconnect(reason) {
     if (this.closed || this.reconnecting) return;
     this.reconnecting = true;
+    console.warn(`media: new peer connection for call ${this.sessionId} (${reason})`);
     this.#setState("reconnecting", { reason });
     const old = this.pc;
     this.pc = null;
