@@ -65,15 +65,17 @@ def _value(v: Any) -> Any:
     return getattr(v, "value", v)
 
 
-async def _lock_session(session: AsyncSession, session_id: str) -> None:
-    """Take the write lock on the session row before reading the chain head.
+async def _take_write_lock(session: AsyncSession) -> None:
+    """On SQLite, take the database write lock before anything reads a chain head.
 
-    ``SELECT ... FOR UPDATE`` is a no-op on SQLite, and pysqlite starts a transaction only at
-    the first write, so two writers could read the same head and fork the chain. A no-op
-    UPDATE first makes SQLite take its write lock (and PostgreSQL its row lock) up front.
+    pysqlite starts a transaction only at the first write, and ``SELECT ... FOR UPDATE`` is a
+    no-op there, so two writers could read the same head and fork a chain. A write that
+    matches no row makes SQLite take its write lock for the whole transaction (checked:
+    a second connection then gets "database is locked"). PostgreSQL needs nothing here:
+    ``append_event`` and :meth:`SessionRecords.record` lock the session row.
     """
     await session.execute(
-        update(CallSession).where(CallSession.id == session_id).values(event_count=CallSession.event_count)
+        update(CallSession).where(CallSession.id == "").values(event_count=CallSession.event_count)
     )
 
 
@@ -108,6 +110,7 @@ class SessionRecords:
                 batch.append(self._pending.get_nowait())
             try:
                 async with self._db.transaction() as session:
+                    await self._begin(session)
                     for work, _ in batch:
                         await work(session)
             except Exception:
@@ -116,6 +119,7 @@ class SessionRecords:
                 for work, done in batch:
                     try:
                         async with self._db.transaction() as session:
+                            await self._begin(session)
                             await work(session)
                     except Exception as exc:
                         if not done.done():
@@ -127,6 +131,10 @@ class SessionRecords:
                 for _, done in batch:
                     if not done.done():
                         done.set_result(None)
+
+    async def _begin(self, session: AsyncSession) -> None:
+        if self._db.is_sqlite:
+            await _take_write_lock(session)
 
     async def close(self) -> None:
         """Stop the writer (after the writes already queued)."""
@@ -168,7 +176,6 @@ class SessionRecords:
         """Write the transition's events and the session's new state, agent, times and end reason."""
 
         async def work(session: AsyncSession) -> None:
-            await _lock_session(session, call.id)
             row = await session.get(CallSession, call.id, with_for_update=True)
             if row is None:
                 raise NotFound(f"session {call.id} does not exist")
@@ -193,7 +200,6 @@ class SessionRecords:
         """Append one event that changes no state (media and recording events)."""
 
         async def work(session: AsyncSession) -> None:
-            await _lock_session(session, session_id)
             await append_event(session, session_id, kind, actor, data, _dt(at))
 
         await self._write(work)
