@@ -76,8 +76,11 @@ class MemoryCallQueue:
                     del self._calls[gone]
             return stored
 
-    async def waiting(self, department_id: int) -> list[Call]:
-        return [self._calls[cid] for _, cid in self._queues.get(department_id, []) if cid in self._calls]
+    async def waiting(self, department_id: int, limit: int | None = None) -> list[Call]:
+        entries = self._queues.get(department_id, [])
+        if limit is not None:
+            entries = entries[:limit]
+        return [self._calls[cid] for _, cid in entries if cid in self._calls]
 
     async def call_of_agent(self, agent_id: int) -> str | None:
         return self._agent_call.get(agent_id)

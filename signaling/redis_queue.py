@@ -152,8 +152,9 @@ class RedisCallQueue:
             raise OutletBusy(f"outlet {changes.outlet_claim} already has call {self._s(value)}")
         return replace(new, version=int(self._s(value)))
 
-    async def waiting(self, department_id: int) -> list[Call]:
-        ids = await self._run(self._r.zrange(self._k("q", department_id), 0, -1))
+    async def waiting(self, department_id: int, limit: int | None = None) -> list[Call]:
+        stop = -1 if limit is None else max(limit, 1) - 1
+        ids = await self._run(self._r.zrange(self._k("q", department_id), 0, stop))
         if not ids:
             return []
         pipe = self._r.pipeline(transaction=False)

@@ -34,6 +34,8 @@ from signaling.views import mask, outlet_room, public_call, supervisor_room, use
 log = logging.getLogger(__name__)
 
 RETRIES = 8
+# How many calls at the head of each queue "take next" looks at per attempt.
+TAKE_CANDIDATES = 25
 # Waiting lists pushed to agents carry at most this many calls (and the total).
 QUEUE_LIST_LIMIT = 100
 # Positions go to the waiting outlets of a department at most this often.
@@ -265,30 +267,41 @@ class CallService:
         if held is not None:
             raise AgentBusy(f"you already hold call {held}", details={"call_id": held})
         if call_id is not None:
-            candidates = [call_id]
-        else:
-            waiting: list[Call] = []
-            for dept_id in p.department_ids:
-                waiting.extend(await self.queue.waiting(dept_id))
-            candidates = [c.id for c in sorted(waiting, key=Call.queue_score)]
-        for candidate in candidates:
-            for _ in range(RETRIES):
-                call = await self.queue.get(candidate)
-                if call is None or call.state is not CallState.QUEUED:
-                    break
-                if call.department_id not in p.department_ids:
-                    raise Forbidden(f"call {candidate} is for a department you do not serve")
-                new, events = domain.offer(call, p.user_id, p.display_name, self.clock())
-                try:
-                    stored = await self.queue.commit(call, new)
-                except StaleCall:
-                    continue
-                await self.finish_change(call, stored, events)
-                log.info("call %s: offered to agent %s", stored.id, p.user_id)
-                return {"call": public_call(stored, self.clock())}
-            if call_id is not None:
+            claimed = await self._claim(p, call_id)
+            if claimed is None:
                 raise Conflict(f"call {call_id} is no longer waiting", code="taken")
+            return {"call": public_call(claimed, self.clock())}
+        # Next call: look at the heads of the queues only; agents racing for the same head
+        # move on to the following calls, and a fresh look is taken when those are gone too.
+        for _ in range(RETRIES):
+            heads: list[Call] = []
+            for dept_id in p.department_ids:
+                heads.extend(await self.queue.waiting(dept_id, limit=TAKE_CANDIDATES))
+            if not heads:
+                break
+            for candidate in sorted(heads, key=Call.queue_score):
+                claimed = await self._claim(p, candidate.id)
+                if claimed is not None:
+                    return {"call": public_call(claimed, self.clock())}
         raise NotFound("no call is waiting in your departments", code="queue_empty")
+
+    async def _claim(self, p: Principal, call_id: str) -> Call | None:
+        """Offer one waiting call to the agent; None when it is no longer waiting."""
+        for _ in range(RETRIES):
+            call = await self.queue.get(call_id)
+            if call is None or call.state is not CallState.QUEUED:
+                return None
+            if call.department_id not in p.department_ids:
+                raise Forbidden(f"call {call_id} is for a department you do not serve")
+            new, events = domain.offer(call, p.user_id, p.display_name, self.clock())
+            try:
+                stored = await self.queue.commit(call, new)
+            except StaleCall:
+                continue  # changed meanwhile (taken, or its outlet dropped): look again
+            await self.finish_change(call, stored, events)
+            log.info("call %s: offered to agent %s", stored.id, p.user_id)
+            return stored
+        return None
 
     async def accept(self, p: Principal, call_id: str) -> dict[str, Any]:
         """Pick up a ringing call: the agent for an inbound call, the outlet for a callback."""

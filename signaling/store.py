@@ -87,8 +87,8 @@ class CallQueue(Protocol):
         the outlet already holds another active call.
         """
 
-    async def waiting(self, department_id: int) -> list[Call]:
-        """Calls waiting at a department, in service order."""
+    async def waiting(self, department_id: int, limit: int | None = None) -> list[Call]:
+        """Calls waiting at a department, in service order (the first ``limit`` if given)."""
 
     async def call_of_agent(self, agent_id: int) -> str | None: ...
 

@@ -65,6 +65,7 @@ async def test_waiting_is_ordered_front_priority_fifo(queue: CallQueue) -> None:
     assert [x.id for x in await queue.waiting(1)] == ["p1", "n1", "n2"]
     await queue.commit(offered, c.requeue(offered, "ring_timeout", "system", T0 + 5)[0])
     assert [x.id for x in await queue.waiting(1)] == ["f1", "p1", "n1", "n2"]
+    assert [x.id for x in await queue.waiting(1, limit=2)] == ["f1", "p1"]
     assert await queue.waiting(2) == []
 
 
