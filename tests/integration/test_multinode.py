@@ -32,7 +32,7 @@ from recordings.eventlog import verify_chain
 from recordings.models import SessionEvent
 from tests.conftest import _truncate_postgres
 from tests.factories import _HASH, PASSWORD, World, build_world
-from tests.helpers import REDIS_URL, require_postgres, require_redis, wait_for
+from tests.helpers import REDIS_URL, require_postgres, require_redis
 from tests.integration.signaling_support import Peer, clear_prefix, new_prefix
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.slow]

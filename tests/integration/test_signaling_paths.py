@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import socketio
-from sqlalchemy import select, update
+from sqlalchemy import update
 
 from cloudhall.identities import WEEKDAYS, Department, User
 from recordings.eventlog import load_events, verify_chain
