@@ -6,10 +6,12 @@ is an error, not a silently ignored value.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+from signaling.idcard import normalize_id_number
 
 # -- event names: client -> server --------------------------------------------------------
 CALL_START = "call:start"
@@ -56,6 +58,12 @@ class Applicant(Payload):
     name: str = Field(min_length=1, max_length=64)
     id_number: str = Field(default="", max_length=18, pattern=r"^[0-9]{0,17}[0-9Xx]?$")
     phone: str = Field(default="", max_length=20, pattern=r"^[0-9+\- ]*$")
+
+    @field_validator("id_number")
+    @classmethod
+    def _gb11643(cls, value: str) -> str:
+        """Empty (not given) or a valid GB 11643 number, upper-cased; refused as ``applicant.id_number``."""
+        return normalize_id_number(value, date.today()) if value else value
 
 
 class StartCall(Payload):
