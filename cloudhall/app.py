@@ -59,6 +59,7 @@ def create_app(settings: Settings, *, database: Database | None = None) -> web.A
     import agent_console.pages
     import recordings.pages
     import recordings.ratings
+    import recordings.snapshots
     from cloudhall import admin, health
     from web import pages
 
@@ -67,6 +68,7 @@ def create_app(settings: Settings, *, database: Database | None = None) -> web.A
     agent_console.pages.setup_routes(app)
     recordings.pages.setup_routes(app)
     recordings.ratings.setup_routes(app)
+    recordings.snapshots.setup_routes(app)
     admin.setup_routes(app)
     _setup_features(app, settings)
     return app

@@ -100,7 +100,10 @@ async def _finalize_leftovers(settings: Settings, bridge: Any) -> None:
 
 async def _signaling_ctx(app: web.Application) -> AsyncIterator[None]:
     from recordings.service import SessionRecords
+    from recordings.snapshots import SnapshotStore
     from signaling.directory import Directory
+    from signaling.ice_servers import IceServersNotifier
+    from signaling.incall import InCall
     from signaling.media_bridge import MediaBridge
     from signaling.memory import MemoryCallQueue
     from signaling.redis_queue import RedisCallQueue
@@ -136,11 +139,14 @@ async def _signaling_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     db = app[appkeys.DATABASE]
     records = SessionRecords(db)
-    service = CallService(sig, queue, records, Directory(db), SocketNotifier(sio), node_id)
+    notifier = IceServersNotifier(SocketNotifier(sio))
+    service = CallService(sig, queue, records, Directory(db), notifier, node_id)
     bridge = MediaBridge(service, router, None, records)
     disk = _disk_writer()
     bridge.media, bridge._offer_type = _media_server(settings, bridge, disk)
     server = SignalingServer(sio, app[appkeys.AUTH], service, bridge)
+    notifier.ice_servers = bridge.ice_servers
+    InCall(server, bridge, SnapshotStore(settings.media.recordings_dir, records)).register()
     worker = NodeWorker(service)
     # A node restarted under the same id: the sockets its previous run held are gone.
     for side in await queue.reap_node(node_id):

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from dataclasses import replace
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from cloudhall.errors import Conflict, Unavailable
 from cloudhall.identities import Principal
@@ -50,6 +50,8 @@ class MediaBridge:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop = asyncio.get_running_loop()
         self._joined: dict[str, set[str]] = {}
+        # More requests the owner of a call's media answers (signaling.incall adds "snapshot").
+        self.requests: dict[str, Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]] = {}
         router.serve(self._handle)
         service.on_ended = self._call_ended
 
@@ -123,6 +125,9 @@ class MediaBridge:
             self._joined.pop(call_id, None)
             await self.media.end(call_id)
             return {}
+        extra = self.requests.get(method)
+        if extra is not None:
+            return await extra(payload)
         raise Unavailable(f"unknown media request {method!r}")
 
     async def _call_ended(self, call: Call) -> None:

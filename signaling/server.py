@@ -25,6 +25,7 @@ from cloudhall.http import csrf_exempt, public
 from cloudhall.identities import Principal, Role
 from signaling import schemas as s
 from signaling.callbacks import CallbackService
+from signaling.ice_servers import with_ice_servers
 from signaling.media_bridge import MediaBridge
 from signaling.service import CallService
 from signaling.tasks import reraise_if_cancelling, stop_task
@@ -196,7 +197,10 @@ class SignalingServer:
         callbacks = self.callbacks
         self.on(s.CALL_START, s.StartCall, OUTLET, lambda p, m: svc.start_call(p, m.item_id, m.applicant, m.priority))
         self.on(s.CALL_CANCEL, s.CallRef, OUTLET, lambda p, m: svc.cancel(p, m.call_id))
-        self.on(s.CALL_ACCEPT, s.CallRef, CALLERS, lambda p, m: svc.accept(p, m.call_id))
+        self.on(
+            s.CALL_ACCEPT, s.CallRef, CALLERS,
+            lambda p, m: self._with_ice(p, svc.accept(p, m.call_id)),
+        )
         self.on(s.CALL_DECLINE, s.CallRef, CALLERS, lambda p, m: svc.decline(p, m.call_id))
         self.on(s.CALL_CONNECTED, s.CallRef, CALLERS, lambda p, m: svc.connected(p, m.call_id))
         self.on(s.CALL_END, s.CallRef, CALLERS, lambda p, m: svc.hang_up(p, m.call_id))
@@ -206,7 +210,7 @@ class SignalingServer:
         self.on(s.PRESENCE_SET, s.SetPresence, AGENT, lambda p, m: svc.set_presence(p, m.state))
         self.on(s.PRESENCE_HEARTBEAT, s.Empty, EVERYONE, lambda p, m: svc.heartbeat(p))
         self.on(s.PRESENCE_LIST, s.Empty, WATCHERS, self._presence_list)
-        self.on(s.SESSION_RESUME, s.Empty, EVERYONE, lambda p, m: svc.snapshot(p))
+        self.on(s.SESSION_RESUME, s.Empty, EVERYONE, lambda p, m: self._with_ice(p, svc.snapshot(p)))
         self.on(
             s.CALLBACK_CREATE,
             s.CreateCallback,
@@ -220,6 +224,10 @@ class SignalingServer:
         self.on(
             s.MEDIA_KEYFRAME, s.MediaKeyframe, CALLERS, lambda p, m: media.keyframe(p, m.call_id, m.participant, m.source)
         )
+
+    async def _with_ice(self, p: Principal, result: Awaitable[dict[str, Any]]) -> dict[str, Any]:
+        """The result, plus the caller's ICE servers when its call has media (signaling.ice_servers)."""
+        return with_ice_servers(await result, p, self.media.ice_servers)
 
     async def _queue_list(self, p: Principal, _: s.Empty) -> dict[str, Any]:
         return {"queues": await self.service.board.queues_for(p)}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import unquote
 
 import pytest
@@ -34,16 +35,22 @@ USER_OF_ROLE = {
 # Who must NOT reach O1's session: another outlet of the same county, and the other county.
 OUT_OF_SCOPE = {
     Role.OUTLET_STAFF: ["staff2", "wstaff"],
-    Role.AGENT: ["wagent"],
+    Role.AGENT: ["agent2", "wagent"],  # agent2 serves the county but did not take this call
     Role.SUPERVISOR: ["wsuper"],
 }
-IN_SCOPE = {Role.OUTLET_STAFF: ["staff1"], Role.SUPERVISOR: ["super1", "citysuper"], Role.ADMIN: ["admin"]}
+IN_SCOPE = {
+    Role.OUTLET_STAFF: ["staff1"],
+    Role.AGENT: ["agent1"],
+    Role.SUPERVISOR: ["super1", "citysuper"],
+    Role.ADMIN: ["admin"],
+}
 # A body that passes a route's payload validation, for handlers that validate before the
 # scope check (so the scope grid really reaches the scope check). Default: {}.
 SAMPLE_BODIES: dict[str, dict[str, object]] = {
     "/api/sessions/{session_id}/rating": {"level": 5, "comment": ""}
 }
 SESSION_ID = str(uuid.UUID(int=0x0123456789ABCDEF))
+SNAPSHOT_NAME = "1-camera.jpg"
 
 
 @dataclass(frozen=True)
@@ -78,7 +85,7 @@ def route_cases(app: web.Application) -> list[RouteCase]:
 
 
 @pytest.fixture
-async def owned_session(sqlite_database: Database, world: World) -> str:
+async def owned_session(sqlite_database: Database, world: World, tmp_path: Path) -> str:
     async with sqlite_database.transaction() as session:
         session.add(
             CallSession(
@@ -86,8 +93,13 @@ async def owned_session(sqlite_database: Database, world: World) -> str:
                 outlet_id=world.outlets["O1"].id,
                 staff_user_id=world.users["staff1"].id,
                 department_id=world.departments["SOC"].id,
+                agent_user_id=world.users["agent1"].id,  # the agent who took the call
             )
         )
+    # A stored snapshot, so the routes that serve a session's files have one to serve.
+    snapshots = tmp_path / "recordings" / SESSION_ID / "snapshots"
+    snapshots.mkdir(parents=True)
+    (snapshots / SNAPSHOT_NAME).write_bytes(b"\xff\xd8\xff\xd9")
     return SESSION_ID
 
 
@@ -99,6 +111,7 @@ def param_values(world: World) -> dict[str, str]:
         "outlet_id": str(world.outlets["O1"].id),
         "department_id": str(world.departments["SOC"].id),
         "locale": "en",
+        "name": SNAPSHOT_NAME,
     }
 
 
