@@ -144,9 +144,26 @@ async def load_events(session: AsyncSession, session_id: str) -> list[SessionEve
 
 
 async def verify_chain(session: AsyncSession, session_id: str) -> ChainReport:
-    """Verify one session's log; raise :class:`NotFound` for an unknown session."""
-    call = await session.get(CallSession, session_id)
-    if call is None:
+    """Verify one session's log; raise :class:`NotFound` for an unknown session.
+
+    The head and the entries are read with separate statements, which on SQLite are separate
+    snapshots: when an append lands in between, the head is read again and the check repeats,
+    so a write in progress is never reported as tampering.
+    """
+    for _ in range(5):
+        head = await _read_head(session, session_id)
+        entries = await load_events(session, session_id)
+        if await _read_head(session, session_id) == head:
+            break
+    return verify_entries(session_id, entries, head[0], head[1])
+
+
+async def _read_head(session: AsyncSession, session_id: str) -> tuple[str, int]:
+    row = (
+        await session.execute(
+            select(CallSession.head_hash, CallSession.event_count).where(CallSession.id == session_id)
+        )
+    ).first()
+    if row is None:
         raise NotFound(f"session {session_id} does not exist")
-    entries = await load_events(session, session_id)
-    return verify_entries(session_id, entries, call.head_hash, call.event_count)
+    return row[0], row[1]
