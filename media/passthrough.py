@@ -11,8 +11,10 @@ Receivers (:class:`ReceiverTap`)
     relay and never returns one to aiortc, so aiortc's decoder never sees a frame; its
     ``__decoder_queue`` is replaced by a queue whose ``get()`` ends the decoder thread at
     once (no idle thread per track, nothing queued, nothing decoded). ``_send_rtcp`` is
-    wrapped to cap the receiver's REMB at the weakest subscriber's estimate, and
-    ``_send_rtcp_pli`` is how keyframes are requested upstream (aiortc has no public PLI).
+    wrapped so that the REMB aiortc computes per video stream is only read as an overuse
+    signal, and what goes upstream is one value per connection (:class:`media.bandwidth.UplinkRate`:
+    uncapped unless our link or a subscriber's is congested); ``_send_rtcp_pli`` is how
+    keyframes are requested upstream (aiortc has no public PLI).
 Senders (:func:`install_sender_hooks`)
     ``RTCRtpSender.__encoder`` is set to a :class:`_Packer` that only packetizes the
     pre-encoded ``av.Packet`` the forwarding track returns (aiortc's stock path would build
@@ -48,6 +50,7 @@ from aiortc.codecs.vpx import Vp8Encoder
 from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, pack_remb_fci, unpack_remb_fci
 
 from media.assembler import FrameAssembler, FrameCallback
+from media.bandwidth import UplinkRate
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +114,8 @@ class _NoDecoderQueue:
 class ReceiverTap:
     """Installed on one RTCRtpReceiver: encoded frames go to ``on_frame``, never to a decoder.
 
-    Also the receiver's upstream control: :meth:`send_pli` and :attr:`remb_limit`.
+    Also the receiver's upstream control: :meth:`send_pli`, :attr:`remb_limit` (the cap the
+    subscribers justify) and the REMB, shared with the connection's other taps through ``uplink``.
     """
 
     def __init__(
@@ -122,6 +126,7 @@ class ReceiverTap:
         on_picture_loss: Callable[[], None],
         *,
         max_wait: float = 0.5,
+        uplink: UplinkRate | None = None,
     ) -> None:
         for attribute in ("_RTCRtpReceiver__jitter_buffer", "_RTCRtpReceiver__decoder_queue",
                           "_RTCRtpReceiver__rtcp_ssrc"):
@@ -132,21 +137,35 @@ class ReceiverTap:
         self.media_ssrc: int | None = None
         self.packets = 0
         self.bytes = 0
-        self.remb_limit: int | None = None  # bits/s, the weakest subscriber's estimate
-        self.upstream_estimate: int | None = None  # bits/s, our own estimate of the sender's link
+        self.uplink = uplink if uplink is not None else UplinkRate()
+        self.uplink.stream(self, kind)
+        self.upstream_estimate: int | None = None  # bits/s, aiortc's estimate of this stream
         self._original_send_rtcp = receiver._send_rtcp
         receiver._RTCRtpReceiver__jitter_buffer = self  # type: ignore[attr-defined]
         receiver._RTCRtpReceiver__decoder_queue = _NoDecoderQueue()  # type: ignore[attr-defined]
         receiver._send_rtcp = self._send_rtcp  # type: ignore[method-assign]
+
+    @property
+    def remb_limit(self) -> int | None:
+        """bits/s: the cap the congested subscribers of this source justify (None: none)."""
+        return self.uplink.limits.get(self)
+
+    @remb_limit.setter
+    def remb_limit(self, bitrate: int | None) -> None:
+        self.uplink.limits[self] = bitrate
 
     # The jitter buffer interface aiortc calls: add(packet) -> (pli_flag, frame or None).
     def add(self, packet: Any) -> tuple[bool, None]:
         self.packets += 1
         payload = packet.payload
         self.bytes += len(payload)
-        self.media_ssrc = packet.ssrc
+        if self.media_ssrc != packet.ssrc:
+            self.media_ssrc = packet.ssrc
+            if self.kind == "video":
+                self.uplink.ssrcs[self] = packet.ssrc
+        now = asyncio.get_running_loop().time()
+        self.uplink.add(self, len(payload) + packet.padding_size, now)
         if payload:
-            now = asyncio.get_running_loop().time()
             if self.kind == "video":
                 # VP8 payload descriptor (RFC 7741): S bit set and partition index 0.
                 start = bool(payload[0] & 0x10) and not payload[0] & 0x0F
@@ -157,36 +176,42 @@ class ReceiverTap:
                 packet._data, now,
             )
         else:  # padding only (bandwidth probing): it still takes a sequence number
-            self.assembler.push_padding(packet.sequence_number, asyncio.get_running_loop().time())
+            self.assembler.push_padding(packet.sequence_number, now)
         return False, None
 
     async def _send_rtcp(self, packet: Any) -> None:
         if isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
             try:
-                bitrate, ssrcs = unpack_remb_fci(packet.fci)
+                bitrate, _ = unpack_remb_fci(packet.fci)
             except ValueError:
-                bitrate, ssrcs = 0, []
+                return
             self.upstream_estimate = bitrate
-            if self.remb_limit is not None and ssrcs and bitrate > self.remb_limit:
-                packet = RtcpPsfbPacket(
-                    fmt=RTCP_PSFB_APP, ssrc=packet.ssrc, media_ssrc=0,
-                    fci=pack_remb_fci(self.remb_limit, ssrcs),
-                )
+            value = self.uplink.on_estimate(self, bitrate, asyncio.get_running_loop().time())
+            packet = self._remb(value)
+            if packet is None:
+                return
         await self._original_send_rtcp(packet)
+
+    def _remb(self, bitrate: int) -> RtcpPsfbPacket | None:
+        # One REMB for the whole connection: the browser applies it to its whole transport.
+        rtcp_ssrc = self._receiver._RTCRtpReceiver__rtcp_ssrc  # type: ignore[attr-defined]
+        ssrcs = sorted(set(self.uplink.ssrcs.values()))
+        if rtcp_ssrc is None or not ssrcs:
+            return None
+        return RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=rtcp_ssrc, media_ssrc=0,
+                              fci=pack_remb_fci(int(bitrate), ssrcs))
 
     async def send_pli(self) -> None:
         """Ask the sender for a keyframe (RTCP PLI)."""
         if self.media_ssrc is not None:
             await self._receiver._send_rtcp_pli(self.media_ssrc)
 
-    async def send_remb(self, bitrate: int) -> None:
-        """Tell the sender at once the most it should send (REMB), e.g. when a subscriber's estimate drops."""
-        rtcp_ssrc = self._receiver._RTCRtpReceiver__rtcp_ssrc  # type: ignore[attr-defined]
-        if self.media_ssrc is not None and rtcp_ssrc is not None:
-            packet = RtcpPsfbPacket(
-                fmt=RTCP_PSFB_APP, ssrc=rtcp_ssrc, media_ssrc=0,
-                fci=pack_remb_fci(int(bitrate), [self.media_ssrc]),
-            )
+    async def send_remb(self, bitrate: int | None = None) -> None:
+        """Send a REMB now (default: the connection's current value), e.g. when a subscriber's cap drops."""
+        if bitrate is None:
+            bitrate = self.uplink.value(asyncio.get_running_loop().time())
+        packet = self._remb(bitrate)
+        if packet is not None:
             await self._original_send_rtcp(packet)
 
 

@@ -18,6 +18,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from media import passthrough
 from media.assembler import vp8_dimensions
+from media.bandwidth import DownlinkRate
 from media.sink import EncodedFrame, PacketSink, TrackInfo, TrackWriter
 
 if TYPE_CHECKING:
@@ -33,6 +34,14 @@ SOURCE_KINDS = {"camera": "video", "screen": "video", "microphone": "audio"}
 Emit = Callable[[str, dict], None]
 
 
+def _now() -> float:
+    """The event loop's clock (monotonic), also outside a running loop (stats)."""
+    try:
+        return asyncio.get_running_loop().time()
+    except RuntimeError:
+        return time.monotonic()
+
+
 class ForwardTrack(MediaStreamTrack):
     """The track a subscriber's sender pulls: a source's encoded frames as ``av.Packet``.
 
@@ -41,9 +50,13 @@ class ForwardTrack(MediaStreamTrack):
     memory; nothing is queued before its sender starts pulling.
     """
 
-    def __init__(self, relay: "SourceRelay", subscriber: str, maxlen: int, caps_upstream: bool = True) -> None:
+    def __init__(self, relay: "SourceRelay", subscriber: str, maxlen: int, caps_upstream: bool = True,
+                 downlink: DownlinkRate | None = None) -> None:
         super().__init__()
         self.caps_upstream = caps_upstream
+        # Shared by every track forwarded to the same subscriber connection (its REMB covers them all).
+        self.downlink = downlink if downlink is not None else DownlinkRate()
+        self.downlink.kinds.append(relay.kind)
         self.kind = relay.kind
         self.relay = relay
         self.subscriber = subscriber
@@ -99,6 +112,7 @@ class ForwardTrack(MediaStreamTrack):
             await self._waiter
         data, timestamp = self._queue.popleft()
         self.frames_out += 1
+        self.downlink.meter.add(len(data), asyncio.get_running_loop().time())
         return passthrough.make_packet(data, timestamp, self.relay.clock_rate)
 
     def stop(self) -> None:
@@ -288,16 +302,26 @@ class SourceRelay:
         self._spawn(tap.send_pli())
 
     def set_remb(self, track: ForwardTrack, bitrate: int) -> None:
-        """A subscriber's receiver estimate; the sender is capped at the weakest one."""
+        """A subscriber's receiver estimate: it caps the sender only if it signals congestion.
+
+        A REMB below what that subscriber is being sent caps the sender (sent upstream at
+        once: the island's estimate reaches the sending browser); a REMB at or above it is
+        the estimator's ~1.5 × incoming bound, not a limit, and capping at it would spiral
+        down (see :mod:`media.bandwidth`). A monitor never caps.
+        """
         track.remb = bitrate
         if track not in self.subscribers or not track.caps_upstream:
             return
         previous = self.remb_limit
-        self._remb[track] = bitrate
+        cap = track.downlink.on_estimate(bitrate, asyncio.get_running_loop().time())
+        if cap is None:
+            self._remb.pop(track, None)
+        else:
+            self._remb[track] = cap
         limit = self.remb_limit
         self._apply_remb()
         if self.tap is not None and limit is not None and (previous is None or limit < previous):
-            self._spawn(self.tap.send_remb(limit))
+            self._spawn(self.tap.send_remb())
 
     @property
     def remb_limit(self) -> int | None:
@@ -319,13 +343,15 @@ class SourceRelay:
                          self.participant, self.source, task.exception())
 
     # -- subscribers -------------------------------------------------------------------
-    def subscribe(self, subscriber: str, maxlen: int, *, caps_upstream: bool = True) -> ForwardTrack:
+    def subscribe(self, subscriber: str, maxlen: int, *, caps_upstream: bool = True,
+                  downlink: DownlinkRate | None = None) -> ForwardTrack:
         """A new forwarding track for ``subscriber`` (silent until this source has frames).
 
         ``caps_upstream``: whether this subscriber's bandwidth estimate limits the sender
-        (not for a silent monitor, whose weak link must not degrade the call).
+        (not for a silent monitor, whose weak link must not degrade the call). ``downlink``:
+        the subscriber connection's meter and cap, shared by all the tracks it receives.
         """
-        track = ForwardTrack(self, subscriber, maxlen, caps_upstream)
+        track = ForwardTrack(self, subscriber, maxlen, caps_upstream, downlink)
         self.subscribers.add(track)
         return track
 
@@ -354,11 +380,13 @@ class SourceRelay:
             "frames_dropped_for_keyframe": assembler.dropped_frames if assembler else 0,
             "upstream_estimate_bps": self.tap.upstream_estimate if self.tap else None,
             "remb_limit_bps": self.remb_limit,
+            "remb_sent_bps": self.tap.uplink.sent if self.tap else None,
             "frames_out": sum(t.frames_out for t in self.subscribers),
             "subscribers": [
                 {"subscriber": t.subscriber, "frames_out": t.frames_out, "drops": t.drops,
                  "queued": t.queued, "queue_max": t.queue_max, "queue_limit": t.maxlen,
-                 "remb_bps": t.remb}
+                 "remb_bps": t.remb, "sent_bps": t.downlink.meter.rate(_now()),
+                 "cap_bps": self._remb.get(t)}
                 for t in self.subscribers
             ],
         }

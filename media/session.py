@@ -21,6 +21,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from cloudhall.errors import InvalidInput, Unavailable
 from cloudhall.settings import MediaSettings
 from media import passthrough
+from media.bandwidth import DownlinkRate, UplinkRate
 from media.offer import AnswerOut, MediaLine, OfferIn, parse_offer
 from media.relay import ForwardTrack, SourceRelay
 from media.sink import PacketSink
@@ -130,6 +131,8 @@ class MediaSession:
             raise InvalidInput(f"the SDP offer was refused: {type(exc).__name__}: {exc}") from None
         passthrough.tune_ice(pc, self._addresses, self._settings.public_ip)
         by_mid = {line.mid: line for line in peer.lines}
+        uplink = UplinkRate()  # one REMB for everything this participant sends us
+        downlink = DownlinkRate()  # what we forward to it, and the cap its REMB justifies
         for transceiver in pc.getTransceivers():
             line = by_mid.get(transceiver.mid)
             if line is None:
@@ -143,11 +146,12 @@ class MediaSession:
                     transceiver.receiver, line.kind,
                     on_frame=partial(relay.on_frame, peer.epoch),
                     on_picture_loss=partial(relay.request_keyframe, "picture loss"),
+                    uplink=uplink,
                 )
             else:
                 relay = self.relay(line.owner, line.source)
                 track = relay.subscribe(peer.participant, self._settings.subscriber_queue_frames,
-                                        caps_upstream=peer.participant != "monitor")
+                                        caps_upstream=peer.participant != "monitor", downlink=downlink)
                 transceiver.sender.replaceTrack(track)
                 transceiver.direction = "sendonly"
                 passthrough.install_sender_hooks(

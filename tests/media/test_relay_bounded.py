@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from media.bandwidth import UplinkRate
 from media.relay import GOP_MAX_FRAMES, SourceRelay
 
 KEY = b"\x10\x02\x00\x9d\x01\x2a\x80\x02\xe0\x01" + b"k" * 100
@@ -15,6 +16,8 @@ class UpstreamFake:
 
     def __init__(self) -> None:
         self.plis = 0
+        self.rembs_sent = 0
+        self.uplink = UplinkRate()
         self.remb_limit = None
         self.upstream_estimate = None
         self.assembler = None
@@ -22,8 +25,8 @@ class UpstreamFake:
     async def send_pli(self) -> None:
         self.plis += 1
 
-    async def send_remb(self, bitrate: int) -> None:
-        pass
+    async def send_remb(self, bitrate: int | None = None) -> None:
+        self.rembs_sent += 1
 
 
 def make_relay(events: list | None = None) -> tuple[SourceRelay, UpstreamFake]:
@@ -93,18 +96,26 @@ async def test_timestamps_continue_across_a_rejoin():
     relay.close()
 
 
-async def test_the_weakest_subscriber_caps_the_sender_but_a_monitor_does_not():
+async def test_only_a_congested_subscriber_caps_the_sender_and_a_monitor_never_does():
     relay, upstream = make_relay()
+    now = asyncio.get_running_loop().time()
     agent = relay.subscribe("agent", 60)
     monitor = relay.subscribe("monitor", 60, caps_upstream=False)
-    relay.set_remb(agent, 900_000)
-    relay.set_remb(monitor, 100_000)
-    assert upstream.remb_limit == 900_000
-    slow = relay.subscribe("agent", 60)
-    relay.set_remb(slow, 300_000)
+    for track in (agent, monitor):
+        track.downlink.meter.add(125_000, now)  # 1 Mbit/s forwarded to each
+    # Above what it receives: a receive-side estimator's ~1.5x bound, not congestion. Capping
+    # at it is what spiralled a call down to 60 kbit/s.
+    relay.set_remb(agent, 1_400_000)
+    relay.set_remb(monitor, 100_000)  # congested, but a monitor never slows the call
+    assert upstream.remb_limit is None
+    island = relay.subscribe("island", 60)
+    island.downlink.meter.add(125_000, now)
+    relay.set_remb(island, 300_000)  # far below what it receives: congestion, sent upstream at once
     assert upstream.remb_limit == 300_000
-    slow.stop()
-    assert upstream.remb_limit == 900_000
-    relay.set_remb(slow, 50_000)  # a late estimate from a closed subscriber is ignored
-    assert upstream.remb_limit == 900_000
+    await asyncio.sleep(0)
+    assert upstream.rembs_sent == 1
+    island.stop()
+    assert upstream.remb_limit is None
+    relay.set_remb(island, 50_000)  # a late estimate from a closed subscriber is ignored
+    assert upstream.remb_limit is None
     relay.close()

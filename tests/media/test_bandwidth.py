@@ -1,0 +1,74 @@
+"""Which estimates cap a sender (media/bandwidth.py): congestion does, a receiver's ~1.5x bound does not."""
+
+from __future__ import annotations
+
+from media.bandwidth import (
+    FLOOR_BPS, UNCAPPED_BPS, DownlinkRate, RateMeter, UplinkRate,
+)
+
+
+def flow(meter: RateMeter, bps: int, start: float, seconds: float) -> float:
+    """Feed ``bps`` for ``seconds`` in 10 ms packets; returns the end time."""
+    t = start
+    while t < start + seconds:
+        meter.add(bps // 800, t)
+        t += 0.01
+    return t
+
+
+def test_the_meter_counts_the_last_second():
+    meter = RateMeter()
+    end = flow(meter, 800_000, 0.0, 3.0)
+    assert 700_000 <= meter.rate(end) <= 900_000
+    assert meter.rate(end + 2.0) == 0
+
+
+def test_a_receiver_bounded_by_what_it_gets_never_spirals_the_sender_down():
+    # The old behaviour: cap = estimate = 1.5 x received + 10k, the sender obeys, repeat.
+    # Chromium applying it to two streams (one still) settled at its 60 kbit/s floor.
+    downlink = DownlinkRate(["video"])
+    now, sending = 0.0, 300_000
+    for _ in range(20):
+        now = flow(downlink.meter, sending, now, 1.0)
+        cap = downlink.on_estimate(int(1.5 * sending * 0.5) + 10_000 + sending // 2, now)
+        assert cap is None, f"an estimate above what flows capped the sender at {cap}"
+        sending = int(sending * 1.08)
+
+
+def test_congestion_caps_at_once_recovers_and_is_lifted():
+    downlink = DownlinkRate(["video", "audio"])
+    now = flow(downlink.meter, 1_000_000, 0.0, 2.0)
+    assert downlink.on_estimate(400_000, now) == 400_000  # the island's estimate, upstream at once
+    now = flow(downlink.meter, 400_000, now, 1.0)
+    grown = downlink.on_estimate(340_000, now)  # the sender obeyed: 340k < 0.9 x 400k, still congested
+    assert grown == 340_000
+    now = flow(downlink.meter, 340_000, now, 2.0)
+    grown = downlink.on_estimate(360_000, now)  # not below what flows: the cap recovers (8 %/s)
+    assert 390_000 <= grown <= 400_000
+    now = flow(downlink.meter, 390_000, now, 1.0)
+    assert downlink.on_estimate(500_000, now) is None  # the receiver asks for more than the cap: lifted
+    assert DownlinkRate(["video"]).on_estimate(10_000, now) is None  # nothing flows: no signal
+    tiny = DownlinkRate(["video", "audio"])
+    now = flow(tiny.meter, 200_000, now, 1.0)
+    assert tiny.on_estimate(1_000, now) == FLOOR_BPS["video"] + FLOOR_BPS["audio"]
+
+
+def test_the_uplink_sends_one_value_and_caps_only_on_overuse():
+    uplink = UplinkRate()
+    camera, screen = object(), object()
+    uplink.stream(camera, "video")
+    uplink.stream(screen, "video")
+    now = 0.0
+    for _ in range(200):  # camera 500k, a still screen 50k
+        uplink.add(camera, 625, now)
+        uplink.add(screen, 62, now)
+        now += 0.01
+    # Estimates bounded by each stream's own rate (aiortc's) are not a limit for the connection.
+    assert uplink.on_estimate(screen, 85_000, now) == UNCAPPED_BPS
+    assert uplink.on_estimate(camera, 760_000, now) == UNCAPPED_BPS
+    assert uplink.on_estimate(camera, 400_000, now) == UNCAPPED_BPS  # lower, but not below what flows
+    # Overuse: the estimate backs off below what the stream carries -> 85 % of the connection's rate.
+    value = uplink.on_estimate(camera, 300_000, now)
+    assert 0.85 * 500_000 <= value <= 0.85 * 560_000
+    uplink.limits[camera] = 200_000  # a congested subscriber's cap wins when lower
+    assert uplink.value(now) == 200_000
