@@ -24,7 +24,7 @@ export class Chat {
     if (!text || !id) return;
     this.input.value = "";
     try {
-      const message = await this.signal.request(EV.CHAT_SEND, { session_id: id, text });
+      const message = await this.signal.request(EV.CHAT_SEND, { call_id: id, text });
       this.receive({ ...(message || {}), text, mine: true });
     } catch (err) {
       this.add(this.t("error") + err.message, "system");

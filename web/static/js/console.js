@@ -24,7 +24,13 @@ const state = {
   muted: false,
   outletLink: null,
   versions: new Map(),
+  iceServers: [], // from the accept ack, call:state (connecting) or session:resume: the first peer connection needs them
 };
+
+/** Keep the ICE servers a server body carries (docs/protocol.md §8). */
+function noteIceServers(body) {
+  if (body && Array.isArray(body.ice_servers)) state.iceServers = body.ice_servers;
+}
 
 function banner(text, kind = "error") {
   const node = $("#banner");
@@ -43,6 +49,7 @@ signal.addEventListener("state", (event) => {
 async function resync() {
   try {
     const status = await signal.request(EV.SESSION_RESUME, {});
+    noteIceServers(status);
     if (status.presence) setPresence(status.presence.state);
     state.queues.clear();
     for (const queue of status.queues || []) setQueue(queue.department_id, queue.calls, { announce: false });
@@ -191,6 +198,7 @@ async function take(callId) {
   try {
     const taken = await signal.request(EV.QUEUE_TAKE, callId ? { call_id: callId } : {});
     const accepted = await signal.request(EV.CALL_ACCEPT, { call_id: taken.call.id });
+    noteIceServers(accepted);
     onCallState(accepted.call);
   } catch (err) {
     banner(explain(t, err));
@@ -286,6 +294,7 @@ async function enterCall(call) {
   const peer = new Peer({
     signal,
     sessionId: call.id,
+    iceServers: state.iceServers,
     sources: { camera: state.media.getVideoTracks()[0] || null, microphone: state.media.getAudioTracks()[0] || null },
     receive: ["camera", "screen", "microphone"],
   });
@@ -419,7 +428,10 @@ signal.on(EV.CALLBACK_UPDATE, (update) => {
   state.callbacks.set(update.department_id, update.callbacks || []);
   renderCallbacks();
 });
-signal.on(EV.CALL_STATE, (body) => onCallState(body.call));
+signal.on(EV.CALL_STATE, (body) => {
+  noteIceServers(body);
+  onCallState(body.call);
+});
 signal.on(EV.MEDIA_EVENT, (event) => {
   if (!state.call || event.call_id !== state.call.id || !event.data || event.data.participant !== "outlet") return;
   const overlay = $("#call-overlay");
@@ -434,6 +446,7 @@ signal.on(EV.LINK_STATUS, (status) => {
   if (!state.call || status.from === "agent") return;
   state.outletLink = status;
   showQuality(status.level || "good", status.rtt_ms);
+  $("#quality").dataset.source = "outlet"; // the outlet's own figures, not inferred from what arrives
   const note = $("#ladder-note");
   note.textContent = status.step ? t(`remote_ladder_${status.step}`) : "";
   show(note, Boolean(status.step));

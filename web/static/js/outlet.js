@@ -26,7 +26,13 @@ const state = {
   lastEnded: null,
   versions: new Map(),
   noteTimer: null,
+  iceServers: [], // from call:state (connecting), the accept ack or session:resume: the first peer connection needs them
 };
+
+/** Keep the ICE servers a server body carries (docs/protocol.md §8). */
+function noteIceServers(body) {
+  if (body && Array.isArray(body.ice_servers)) state.iceServers = body.ice_servers;
+}
 
 // ---- stages -------------------------------------------------------------------------
 
@@ -66,6 +72,7 @@ async function resync() {
     banner(explain(t, err));
     return;
   }
+  noteIceServers(status);
   if (!status.call) {
     if (state.session && ["waiting", "call"].includes(state.stage)) endLocally({ reason: "failed" });
     return;
@@ -295,6 +302,7 @@ async function answerRing(accept) {
   show($("#ring-box"), false);
   try {
     const result = await signal.request(accept ? EV.CALL_ACCEPT : EV.CALL_DECLINE, { call_id: state.session.id });
+    noteIceServers(result);
     onCallState(result.call);
   } catch (err) {
     banner(explain(t, err));
@@ -320,7 +328,7 @@ async function enterCall(call) {
   const peer = new Peer({
     signal,
     sessionId: state.session.id,
-    iceServers: call.ice_servers || state.iceServers || [],
+    iceServers: state.iceServers,
     sources: {
       camera: state.media.getVideoTracks()[0] || null,
       microphone: state.media.getAudioTracks()[0] || null,
@@ -502,7 +510,10 @@ const chat = new Chat({ signal, log: $("#chat-log"), form: $("#chat-form"), inpu
 signal.on(EV.QUEUE_POSITION, (info) => {
   if (state.session && info.call_id === state.session.id && state.stage === "waiting") showPosition(info);
 });
-signal.on(EV.CALL_STATE, (body) => onCallState(body.call));
+signal.on(EV.CALL_STATE, (body) => {
+  noteIceServers(body);
+  onCallState(body.call);
+});
 signal.on(EV.MEDIA_EVENT, (event) => {
   if (!state.session || event.call_id !== state.session.id) return;
   const overlay = $("#call-overlay");

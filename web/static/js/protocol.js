@@ -10,25 +10,25 @@ export const EV = {
   QUEUE_TAKE: "queue:take", // {call_id?} -> {call} (offered to me)
   CALLBACK_CALL: "callback:call", // {callback_id} -> {call} (rings at the outlet)
   // both sides
-  CALL_ACCEPT: "call:accept", // {call_id} -> {call}
+  CALL_ACCEPT: "call:accept", // {call_id} -> {call, ice_servers?}
   CALL_DECLINE: "call:decline",
   CALL_CONNECTED: "call:connected",
   CALL_END: "call:end",
   SESSION_RESUME: "session:resume", // {} -> {call, position?, presence?, queues?, callbacks?, agents?}
   MEDIA_OFFER: "media:offer", // {call_id, sdp, type, tracks} -> {sdp, type, ice_servers}
   MEDIA_KEYFRAME: "media:keyframe",
-  // Not in the server yet (docs/ui.md, "waiting on signalling"): sent when it lands.
-  CHAT_SEND: "chat:send",
-  LINK_REPORT: "link:report",
-  SNAPSHOT_TAKE: "media:snapshot",
+  // In the call (docs/protocol.md §8)
+  CHAT_SEND: "chat:send", // {call_id, text} -> {id, at}
+  LINK_REPORT: "link:report", // outlet: {call_id, level, step, rtt_ms, loss_in, loss_out, kbps_in, kbps_out} -> {}
+  SNAPSHOT_TAKE: "media:snapshot", // agent: {call_id, source} -> {url, name, sha256, source, size, width, height}
   // server -> clients
-  CALL_STATE: "call:state", // {call, events}
+  CALL_STATE: "call:state", // {call, events, ice_servers (connecting only)}
   QUEUE_UPDATE: "queue:update", // {department_id, department_name, calls}
   QUEUE_POSITION: "queue:position", // {call_id, position, waiting, estimated_wait_seconds, agents_online}
   PRESENCE_UPDATE: "presence:update", // {agent}
   CALLBACK_UPDATE: "callback:update", // {department_id, callbacks}
   MEDIA_EVENT: "media:event", // {call_id, kind, data}
-  CHAT_MESSAGE: "chat:message",
-  LINK_STATUS: "link:status",
+  CHAT_MESSAGE: "chat:message", // {call_id, id, from, name, text, at}
+  LINK_STATUS: "link:status", // to the agent: {call_id, from: "outlet", level, step, rtt_ms, …, at}
   DECISION: "case:decision",
 };

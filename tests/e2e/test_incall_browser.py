@@ -1,0 +1,47 @@
+"""In the call, in Chromium: chat both ways, the agent's snapshot of the outlet camera, and
+the outlet's link reports reaching the agent's page."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.e2e.conftest import assert_clean, screenshot
+from tests.e2e.test_call_browser import agent_ready, outlet_ready, start_call_and_take, video_playing
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+
+async def test_chat_snapshot_and_link_status(browser, live_server):
+    agent, agent_log = await agent_ready(browser, live_server)
+    outlet, outlet_log = await outlet_ready(browser, live_server)
+    await start_call_and_take(outlet, agent)
+    await video_playing(agent, "#remote-camera", "agent sees the outlet camera")
+
+    # Chat: what one side types, the other side reads (once, with no duplicate of its own line).
+    await outlet.fill("#chat-input", "请问需要带户口本吗？")
+    await outlet.press("#chat-input", "Enter")
+    await agent.wait_for_function("() => document.querySelector('#chat-log').textContent.includes('需要带户口本')")
+    await agent.fill("#chat-input", "需要，请拍一下户口本首页")
+    await agent.press("#chat-input", "Enter")
+    await outlet.wait_for_function("() => document.querySelector('#chat-log').textContent.includes('户口本首页')")
+    assert await outlet.locator("#chat-log li").count() == 2
+    assert await agent.locator("#chat-log li").count() == 2
+
+    # Snapshot: the agent's button stores a JPEG and the page shows it (it loads: naturalWidth > 0).
+    await agent.click("#btn-snapshot")
+    await agent.wait_for_function(
+        "() => { const img = document.querySelector('#snapshots img'); return img && img.complete && img.naturalWidth > 0; }",
+        timeout=25000,
+    )
+    src = await agent.get_attribute("#snapshots img", "src")
+    assert src.startswith("/api/sessions/") and src.endswith("-camera.jpg")
+
+    # Link reports: the agent's network indicator switches to the outlet's own figures (link:status).
+    await agent.wait_for_selector("#quality[data-source=outlet]", timeout=15000)
+    assert await agent.text_content("#quality")
+    await screenshot(agent, "console-3-chat-snapshot")
+
+    await agent.click("#btn-end")
+    await outlet.wait_for_selector("#stage-rating:not([hidden])")
+    await assert_clean(agent, agent_log)
+    await assert_clean(outlet, outlet_log)
