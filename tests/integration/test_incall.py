@@ -15,6 +15,7 @@ import aiohttp
 import pytest
 from aiortc import RTCBundlePolicy, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
+from cloudhall import appkeys
 from cloudhall.auth import SESSION_COOKIE
 from cloudhall.db import Database
 from cloudhall.settings import MediaSettings, TurnSettings
@@ -129,8 +130,11 @@ async def test_chat_is_rate_limited(env: Env) -> None:
 
 
 @pytest.mark.redis
-async def test_chat_crosses_nodes_on_redis(tmp_path: Path, sqlite_database: Database, world: World) -> None:
-    """Outlet on node A, agent on node B, one Redis: each side sees the other's messages."""
+async def test_chat_link_and_snapshot_cross_nodes_on_redis(
+    tmp_path: Path, sqlite_database: Database, world: World
+) -> None:
+    """Outlet on node A, agent on node B, one Redis: each side sees the other's messages and
+    link figures, and the agent's snapshot is taken on A, which owns the call's media."""
     require_redis()
     prefix = new_prefix()
     settings = signaling_settings(tmp_path, sqlite_database.url, prefix)
@@ -154,6 +158,17 @@ async def test_chat_crosses_nodes_on_redis(tmp_path: Path, sqlite_database: Data
                 status = await agent.wait("link:status", lambda d: d["call_id"] == call_id)
                 assert status["from"] == "outlet" and status["step"] == 1
                 await session_events(sqlite_database, call_id, "chat_message", 2)
+                async with outlet_camera(outlet, call_id):
+                    async def taken():
+                        result = await agent.call("media:snapshot", {"call_id": call_id, "source": "camera"}, timeout=20)
+                        return result if "error" not in result else None
+
+                    shot = await wait_for(taken, timeout=20, what="a snapshot taken on node A for node B")
+                (event,) = await session_events(sqlite_database, call_id, "snapshot_taken")
+                assert event.actor.startswith("user:") and event.data["sha256"] == shot["sha256"]
+                assert app_a[appkeys.SIGNALING].node_id != app_b[appkeys.SIGNALING].node_id
+                status, _, body = await fetch(url_b + shot["url"], await session_token(app_b, "agent2"))
+                assert status == 200 and hashlib.sha256(body).hexdigest() == shot["sha256"]
             finally:
                 await outlet.close()
                 await agent.close()
