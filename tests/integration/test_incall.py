@@ -18,7 +18,7 @@ from aiortc import RTCBundlePolicy, RTCConfiguration, RTCPeerConnection, RTCSess
 from cloudhall import appkeys
 from cloudhall.auth import SESSION_COOKIE
 from cloudhall.db import Database
-from cloudhall.settings import MediaSettings, TurnSettings
+from cloudhall.settings import TurnSettings
 from recordings.eventlog import load_events, verify_chain
 from tests.factories import World
 from tests.helpers import require_redis, wait_for
