@@ -17,6 +17,8 @@ from signaling.schemas import CALL_STATE
 
 IceServers = Callable[[str], list[dict[str, Any]]]
 MEDIA_STATES = frozenset({"connecting", "in_call"})
+# Rooms of the call's sides (signaling.views.outlet_room, user_room); supervisors get no credentials.
+PARTICIPANT_ROOMS = ("outlet:", "user:")
 
 
 def participant_id(p: Principal) -> str:
@@ -37,7 +39,7 @@ class IceServersNotifier:
         self.ice_servers = ice_servers
 
     async def emit(self, event: str, payload: dict[str, Any], room: str) -> None:
-        if event == CALL_STATE and self.ice_servers is not None:
+        if event == CALL_STATE and self.ice_servers is not None and room.startswith(PARTICIPANT_ROOMS):
             call = payload.get("call") or {}
             if call.get("state") == "connecting":
                 payload = {**payload, "ice_servers": self.ice_servers(room)}
