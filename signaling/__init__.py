@@ -20,6 +20,10 @@ from aiohttp import web
 
 from cloudhall import appkeys
 from cloudhall.settings import Settings
+from media.server import MediaServer
+from recordings.diskwriter import DiskWriter
+from recordings.finalize import finalize_leftovers
+from recordings.writer import SessionRecorder
 
 log = logging.getLogger(__name__)
 
@@ -47,45 +51,18 @@ def _node_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
-def _media_server(settings: Settings, bridge: Any, disk: Any) -> tuple[Any, Any]:
-    """The node's MediaServer and its offer type, or (None, None) where media is unavailable."""
-    try:
-        from media.server import MediaServer, OfferIn
-    except ImportError as exc:
-        log.warning("media is not available on this node: %s", exc)
-        return None, None
-    sink_factory = None
-    if disk is not None:
-        from recordings.writer import SessionRecorder
+def _media_server(settings: Settings, bridge: Any, disk: DiskWriter) -> MediaServer:
+    """The node's MediaServer, recording every session through the shared disk writer."""
+    root = settings.media.recordings_dir
 
-        root = settings.media.recordings_dir
+    def sink_factory(session_id: str) -> SessionRecorder:
+        return SessionRecorder(session_id, root, bridge, disk_writer=disk)
 
-        def sink_factory(session_id: str) -> Any:
-            return SessionRecorder(session_id, root, bridge, disk_writer=disk)
-
-    try:
-        return MediaServer(settings.media, sink_factory=sink_factory, events=bridge), OfferIn
-    except Exception:
-        log.exception("media server could not start: calls go on without media on this node")
-        return None, None
-
-
-def _disk_writer() -> Any:
-    """The node's shared recorder disk thread, or None where the recorder is unavailable."""
-    try:
-        from recordings.diskwriter import DiskWriter
-    except ImportError as exc:
-        log.warning("the recorder is not available, calls are not recorded: %s", exc)
-        return None
-    return DiskWriter(name="recorder")
+    return MediaServer(settings.media, sink_factory=sink_factory, events=bridge)
 
 
 async def _finalize_leftovers(settings: Settings, bridge: Any) -> None:
     """Finalize recordings a crashed process left behind; their hashes go to their sessions' logs."""
-    try:
-        from recordings.finalize import finalize_leftovers
-    except ImportError:
-        return
     root = settings.media.recordings_dir
     if not root.is_dir():
         return
@@ -142,8 +119,9 @@ async def _signaling_ctx(app: web.Application) -> AsyncIterator[None]:
     notifier = IceServersNotifier(SocketNotifier(sio))
     service = CallService(sig, queue, records, Directory(db), notifier, node_id)
     bridge = MediaBridge(service, router, None, records)
-    disk = _disk_writer()
-    bridge.media, bridge._offer_type = _media_server(settings, bridge, disk)
+    disk = DiskWriter(name="recorder")
+    # Media and the bridge refer to each other: media reports its events to the bridge.
+    bridge.media = _media_server(settings, bridge, disk)
     server = SignalingServer(sio, app[appkeys.AUTH], service, bridge)
     notifier.ice_servers = bridge.ice_servers
     InCall(server, bridge, SnapshotStore(settings.media.recordings_dir, records)).register()
@@ -158,8 +136,7 @@ async def _signaling_ctx(app: web.Application) -> AsyncIterator[None]:
         asyncio.create_task(_finalize_leftovers(settings, bridge), name="finalize-recordings"),
     ]
     state.server, state.service = server, service
-    log.info("signalling on node %s (%s backend, media %s)", node_id, "redis" if redis else "memory",
-             "on" if bridge.media else "off")
+    log.info("signalling on node %s (%s backend)", node_id, "redis" if redis else "memory")
     try:
         yield
     finally:
@@ -168,10 +145,8 @@ async def _signaling_ctx(app: web.Application) -> AsyncIterator[None]:
             await stop_task(task)
         await server.close()
         await bridge.close()
-        if bridge.media is not None:
-            await bridge.media.close()
-        if disk is not None:
-            await asyncio.to_thread(disk.close)
+        await bridge.media.close()
+        await asyncio.to_thread(disk.close)
         await sio.shutdown()
         await records.close()
         if manager is not None:

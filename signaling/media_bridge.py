@@ -16,6 +16,7 @@ from typing import Any, Awaitable, Callable
 
 from cloudhall.errors import Conflict, Unavailable
 from cloudhall.identities import Principal
+from media.server import OfferIn
 from signaling import calls as domain
 from signaling.calls import Call, CallEvent, CallState
 from signaling.ports import MediaPort, SessionLog
@@ -40,13 +41,11 @@ class MediaBridge:
         router: NodeRouter,
         media: MediaPort | None,
         records: SessionLog,
-        offer_type: Callable[..., Any] | None = None,
     ) -> None:
         self.service = service
         self.router = router
         self.media = media
         self.records = records
-        self._offer_type = offer_type
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop = asyncio.get_running_loop()
         self._joined: dict[str, set[str]] = {}
@@ -111,7 +110,7 @@ class MediaBridge:
             raise Unavailable(f"media is not available on node {self.service.node_id}")
         call_id = payload["call_id"]
         if method == "offer":
-            offer = self._offer_type(sdp=payload["sdp"], type=payload["type"], tracks=payload["tracks"])  # type: ignore[misc]
+            offer = OfferIn(sdp=payload["sdp"], type=payload["type"], tracks=payload["tracks"])
             async with asyncio.timeout(NEGOTIATE_TIMEOUT):
                 answer = await self.media.negotiate(call_id, payload["participant"], offer)
             return {"sdp": answer.sdp, "type": answer.type, "node": self.service.node_id}
