@@ -126,16 +126,22 @@ class Directory:
             return row.to_dict()
 
     async def open_callbacks(self, department_ids: tuple[int, ...]) -> list[dict[str, Any]]:
+        """Open and calling requests of the departments by preferred time, with outlet, island and item names."""
         async with self._db.transaction() as session:
-            rows = await session.scalars(
-                select(CallbackRequest)
+            rows = await session.execute(
+                select(CallbackRequest, Outlet.name, Outlet.island, ServiceItem.name)
+                .join(Outlet, Outlet.id == CallbackRequest.outlet_id)
+                .outerjoin(ServiceItem, ServiceItem.id == CallbackRequest.service_item_id)
                 .where(
                     CallbackRequest.department_id.in_(department_ids),
                     CallbackRequest.status.in_([CallbackStatus.OPEN.value, CallbackStatus.CALLING.value]),
                 )
                 .order_by(CallbackRequest.preferred_time.is_(None), CallbackRequest.preferred_time, CallbackRequest.id)
             )
-            return [r.to_dict() for r in rows]
+            return [
+                {**row.to_dict(), "outlet_name": outlet_name, "island": island, "item_name": item_name or ""}
+                for row, outlet_name, island, item_name in rows
+            ]
 
     async def claim_callback(self, principal: Principal, callback_id: int, session_id: str) -> dict[str, Any]:
         """Mark an open callback request as being called by this agent; raise if not open."""

@@ -176,6 +176,9 @@ class CallService:
             rooms.add(user_room(old.agent_id))  # a requeued call leaves its agent's screen too
         for room in rooms:
             await self.notifier.emit(CALL_STATE, body, room)
+        # Supervisors of the county and city-wide ones follow every call live (wallboard).
+        for room in {supervisor_room(new.county), supervisor_room(None)}:
+            await self.notifier.emit(CALL_STATE, body, room)
 
     # -- outlet use cases ---------------------------------------------------------------------
     async def start_call(self, p: Principal, item_id: int, applicant: Applicant, priority: bool) -> dict[str, Any]:

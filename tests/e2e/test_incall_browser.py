@@ -1,21 +1,29 @@
-"""In the call, in Chromium: chat both ways, the agent's snapshot of the outlet camera, and
-the outlet's link reports reaching the agent's page."""
+"""In the call, in Chromium: chat both ways, the agent's snapshot of the outlet camera, the
+outlet's link reports reaching the agent's page, and the wallboard naming the call's outlet and item."""
 
 from __future__ import annotations
 
 import pytest
 
-from tests.e2e.conftest import assert_clean, screenshot
+from tests.e2e.conftest import assert_clean, login_page, open_page, screenshot
 from tests.e2e.test_call_browser import agent_ready, outlet_ready, start_call_and_take, video_playing
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
 async def test_chat_snapshot_and_link_status(browser, live_server):
+    board, board_log = await open_page(browser, live_server, "wallboard")
+    await login_page(board, live_server, "super1", "/supervisor")
+    await board.wait_for_selector("#conn-status[data-state=connected]")
     agent, agent_log = await agent_ready(browser, live_server)
     outlet, outlet_log = await outlet_ready(browser, live_server)
     await start_call_and_take(outlet, agent)
     await video_playing(agent, "#remote-camera", "agent sees the outlet camera")
+    # The wallboard's "calls in progress" names the outlet and the item (call:state to supervisors).
+    await board.wait_for_function(
+        "() => /花鸟村便民服务站/.test(document.querySelector('#call-rows').textContent)"
+        " && /城乡居民养老保险参保登记/.test(document.querySelector('#call-rows').textContent)"
+    )
 
     # Chat: what one side types, the other side reads (once, with no duplicate of its own line).
     await outlet.fill("#chat-input", "请问需要带户口本吗？")
@@ -43,5 +51,7 @@ async def test_chat_snapshot_and_link_status(browser, live_server):
 
     await agent.click("#btn-end")
     await outlet.wait_for_selector("#stage-rating:not([hidden])")
+    await board.wait_for_function("() => document.querySelector('#tile-calls').textContent === '0'")
     await assert_clean(agent, agent_log)
     await assert_clean(outlet, outlet_log)
+    await assert_clean(board, board_log)

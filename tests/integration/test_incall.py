@@ -303,3 +303,40 @@ async def test_ice_servers_come_with_connecting(tmp_path: Path, sqlite_database:
         finally:
             await outlet.close()
             await agent.close()
+
+
+# -- supervisors and callback rows (docs/ui.md "Waiting on others" 5 and 6) ------------------
+async def test_supervisors_follow_every_call_of_their_county(env: Env) -> None:
+    sup, wsup, city = await env.peer("super1"), await env.peer("wsuper"), await env.peer("citysuper")
+    outlet, agent, call_id = await in_call(env)
+    try:
+        for watcher in (sup, city):
+            for state in ("queued", "offered", "connecting", "in_call"):
+                call = await watcher.wait_call(state, id=call_id)
+            assert call["outlet_name"] == "花鸟村便民服务站" and call["item_name"] == "城乡居民养老保险参保登记"
+            assert call["agent"]["id"] == env.world.users["agent2"].id
+            assert all("ice_servers" not in body for body in watcher.seen("call:state"))
+        await agent.ok("call:end", {"call_id": call_id})
+        await sup.wait_call("ended", id=call_id)
+        await city.wait_call("ended", id=call_id)
+        assert wsup.seen("call:state") == []
+    finally:
+        for peer in (sup, wsup, city, outlet, agent):
+            await peer.close()
+
+
+async def test_callback_rows_carry_outlet_and_item_names(env: Env) -> None:
+    outlet, agent = await env.peer("staff1"), await env.peer("agent2")
+    try:
+        created = await outlet.ok("callback:create", {**start_payload(env.world), "note": "下午再打"})
+        callback_id = created["callback"]["id"]
+        names = {"outlet_name": "花鸟村便民服务站", "island": "花鸟岛", "item_name": "城乡居民养老保险参保登记"}
+        pushed = await agent.wait("callback:update", lambda d: any(c["id"] == callback_id for c in d["callbacks"]))
+        listed = (await agent.ok("callback:list", {}))["callbacks"]
+        resumed = (await agent.ok("session:resume", {}))["callbacks"]
+        for rows in (pushed["callbacks"], listed, resumed):
+            (row,) = [c for c in rows if c["id"] == callback_id]
+            assert {k: row[k] for k in names} == names
+    finally:
+        await outlet.close()
+        await agent.close()

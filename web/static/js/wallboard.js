@@ -1,7 +1,8 @@
 // The supervisor wallboard: calls waiting, oldest wait, agents by state, calls in progress.
 // Built from session:resume (agents and queues) and kept live by presence:update and
-// queue:update. Calls in progress are the busy agents' calls: signalling sends supervisors
-// no per-call events yet (docs/ui.md), so outlet and item of a call are not shown.
+// queue:update. Calls in progress are the busy agents' calls, labelled with outlet and item
+// from the call:state snapshots supervisors receive on every transition (a call that has
+// not changed since the page loaded shows its agent and department only).
 
 import { $, el, formatDuration, pageConfig, translator } from "./dom.js";
 import { Signal } from "./socket.js";
@@ -9,7 +10,7 @@ import { EV } from "./protocol.js";
 
 const config = pageConfig();
 const t = translator(config.messages || {});
-const board = { queues: new Map(), agents: new Map(), offset: 0 };
+const board = { queues: new Map(), agents: new Map(), calls: new Map(), offset: 0 };
 
 function nowServer() {
   return Date.now() / 1000 + board.offset;
@@ -66,15 +67,19 @@ function render() {
     ...busy.map((agent) =>
       el("tr", { attrs: { "data-call": agent.call_id }, children: [
         el("td", { text: agent.since ? formatDuration(t, nowServer() - agent.since) : "" }),
-        el("td", { text: (agent.department_ids || []).map(deptName).filter(Boolean).join("、") }),
-        el("td", { text: "" }),
-        el("td", { text: "" }),
+        el("td", { text: callOf(agent).department_name || (agent.department_ids || []).map(deptName).filter(Boolean).join("、") }),
+        el("td", { text: [callOf(agent).outlet_name, callOf(agent).island].filter(Boolean).join(" · ") }),
+        el("td", { text: callOf(agent).item_name || "" }),
         el("td", { text: agent.name }),
         el("td", { text: t("presence_busy") }),
       ] }),
     ),
   );
   $("#calls-empty").hidden = busy.length > 0;
+}
+
+function callOf(agent) {
+  return board.calls.get(agent.call_id) || {};
 }
 
 function setQueue(departmentId, calls, total) {
@@ -99,6 +104,15 @@ signal.addEventListener("state", (event) => {
 });
 signal.on(EV.PRESENCE_UPDATE, (update) => {
   if (update.agent) board.agents.set(update.agent.user_id, update.agent);
+  render();
+});
+signal.on(EV.CALL_STATE, (body) => {
+  const call = body && body.call;
+  if (!call) return;
+  const known = board.calls.get(call.id);
+  if (known && known.version > call.version) return;
+  if (call.state === "ended") board.calls.delete(call.id);
+  else board.calls.set(call.id, call);
   render();
 });
 signal.on(EV.QUEUE_UPDATE, (update) => {
