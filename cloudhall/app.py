@@ -75,8 +75,7 @@ def create_app(settings: Settings, *, database: Database | None = None) -> web.A
 
 
 def _setup_features(app: web.Application, settings: Settings) -> None:
-    """Feature packages plug in here, each with its own slice of the settings."""
-    # Feature wiring (media, recordings, agent console) is added by their issues.
+    """Signalling builds the node's media server and recorder (it owns their lifecycle)."""
     from signaling import setup as setup_signaling
 
     setup_signaling(app, settings)

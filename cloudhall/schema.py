@@ -11,11 +11,7 @@ def load_all_models() -> MetaData:
     import cloudhall.catalog  # noqa: F401
     import cloudhall.identities  # noqa: F401
     import recordings.models  # noqa: F401
-
-    try:  # tables of feature issues register here as they arrive
-        import signaling.models  # noqa: F401
-    except ModuleNotFoundError:
-        pass
+    import signaling.models  # noqa: F401
     from cloudhall.db import Base
 
     return Base.metadata
