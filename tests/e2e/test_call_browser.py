@@ -134,7 +134,9 @@ async def test_full_call_outlet_to_agent(browser, live_server):
     await screenshot(outlet, "outlet-5-sharing")
     session_id = await _call_id(live_server)
 
-    # The agent ends the call; the outlet rates it.
+    # Share long enough that the screen recording (which starts at a keyframe) holds a real
+    # stretch of it, then the agent ends the call; the outlet rates it.
+    await video_playing(agent, "#remote-screen", "the outlet screen keeps playing", frames=15)
     await agent.click("#btn-end")
     await agent.wait_for_selector("#view-queue:not([hidden])")
     await outlet.wait_for_selector("#stage-rating:not([hidden])")
