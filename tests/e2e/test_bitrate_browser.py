@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 WINDOW_S = 2.0
 CAMERA_KBPS = 300  # camera alone (the page allows it 600 kbit/s)
-CAMERA_SHARING_KBPS = 150  # while a screen is shared the page caps the camera at 250 kbit/s
+CAMERA_SHARING_KBPS = 100  # sharing: the page caps the camera at 250 kbit/s; the spiral held it at 32
 CAMERA_FPS = 15
 SCREEN_FPS = 5  # the page sends the screen at up to 10 fps
 AVAILABLE_KBPS = 300
@@ -108,7 +108,7 @@ async def test_outlet_camera_and_screen_reach_the_agent_at_full_rate_on_a_good_l
         return rates
 
     # A browser starts at ~300 kbit/s and ramps up; before the fix it fell to 60 kbit/s for good.
-    rates = await wait_for(sharing_at_full_rate, timeout=15, interval=0,
+    rates = await wait_for(sharing_at_full_rate, timeout=25, interval=0,
                            what="camera and screen at full rate while sharing")
     print(f"\nsharing, {time.monotonic() - start:.1f} s: {rates}")
     # It stays there (the old spiral slid down within seconds and never came back).
@@ -126,7 +126,7 @@ async def test_outlet_camera_and_screen_reach_the_agent_at_full_rate_on_a_good_l
                 and rates["agent_camera_kbps"] >= CAMERA_KBPS and rates["agent_camera_fps"] >= CAMERA_FPS), rates
         return rates
 
-    rates = await wait_for(camera_at_full_rate, timeout=15, interval=0, what=f"camera ≥ {CAMERA_KBPS} kbit/s at the agent")
+    rates = await wait_for(camera_at_full_rate, timeout=25, interval=0, what=f"camera ≥ {CAMERA_KBPS} kbit/s at the agent")
     print(f"camera alone, {time.monotonic() - start:.1f} s: {rates}")
 
     await agent.click("#btn-end")
