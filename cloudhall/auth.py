@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
 from cloudhall.db import Base, Database, utcnow
-from cloudhall.errors import TooManyRequests, Unauthenticated
+from cloudhall.errors import NotFound, TooManyRequests, Unauthenticated
 from cloudhall.identities import Principal, get_user, get_user_by_username
 from cloudhall.settings import HttpSettings
 
@@ -165,7 +165,7 @@ class AuthService:
                 return None
             try:
                 user = await get_user(session, login.user_id)
-            except Exception:
+            except NotFound:  # the user was deleted; a database fault must not look like "logged out"
                 return None
             if not user.enabled:
                 return None
