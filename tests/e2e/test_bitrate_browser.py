@@ -24,7 +24,10 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 WINDOW_S = 2.0
 CAMERA_KBPS = 300  # camera alone (the page allows it 600 kbit/s)
-CAMERA_SHARING_KBPS = 100  # sharing: the page caps the camera at 250 kbit/s; the spiral held it at 32
+# Sharing: the page caps the camera at 250 kbit/s and Chromium gives the screen the larger share
+# while its estimate ramps (camera target 80-100 kbit/s until ~500 kbit/s are available, sent
+# 94-130 kbit/s in 2 s windows, 250 once ramped). The spiral held it at 32: twice that is the floor.
+CAMERA_SHARING_KBPS = 64
 CAMERA_FPS = 15
 SCREEN_FPS = 5  # the page sends the screen at up to 10 fps
 AVAILABLE_KBPS = 300
