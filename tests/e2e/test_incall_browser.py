@@ -11,6 +11,28 @@ from tests.e2e.test_call_browser import agent_ready, outlet_ready, start_call_an
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
+# After the expected lines are there, how long a duplicate still has to show up.
+CHAT_SETTLE_MS = 500
+
+
+async def chat_lines(page, expected: list[str], side: str) -> None:
+    """Wait until the chat log shows ``expected`` lines, then check no duplicate follows.
+
+    A sender draws its own line when its ``chat:send`` ack (or the ``chat:message`` echo,
+    deduplicated by id: chat.js) arrives, which may be after the other side already got the
+    broadcast; so the count is waited for, not read at once. Then, after a short settle (a
+    late echo drawn twice would land in it), the log must hold exactly those lines.
+    """
+    await page.wait_for_function(
+        "(n) => document.querySelectorAll('#chat-log li').length >= n", arg=len(expected), timeout=10000
+    )
+    await page.wait_for_timeout(CHAT_SETTLE_MS)  # nothing to wait for: checking that nothing more comes
+    lines = await page.locator("#chat-log li").all_text_contents()
+    assert len(lines) == len(expected), f"{side} chat log: {lines}"
+    for line, text in zip(lines, expected):
+        assert text in line, f"{side} chat log: {lines}"
+
+
 async def test_chat_snapshot_and_link_status(browser, live_server):
     board, board_log = await open_page(browser, live_server, "wallboard")
     await login_page(board, live_server, "super1", "/supervisor")
@@ -32,8 +54,8 @@ async def test_chat_snapshot_and_link_status(browser, live_server):
     await agent.fill("#chat-input", "需要，请拍一下户口本首页")
     await agent.press("#chat-input", "Enter")
     await outlet.wait_for_function("() => document.querySelector('#chat-log').textContent.includes('户口本首页')")
-    assert await outlet.locator("#chat-log li").count() == 2
-    assert await agent.locator("#chat-log li").count() == 2
+    await chat_lines(outlet, ["需要带户口本", "户口本首页"], "outlet")
+    await chat_lines(agent, ["需要带户口本", "户口本首页"], "agent")
 
     # Snapshot: the agent's button stores a JPEG and the page shows it (it loads: naturalWidth > 0).
     await agent.click("#btn-snapshot")
