@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 from typing import Any, Protocol, Sequence
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cloudhall.db import Database
@@ -203,3 +203,37 @@ class SessionRecords:
             await append_event(session, session_id, kind, actor, data, _dt(at))
 
         await self._write(work)
+
+    async def end_open(self, reason: str, event: EventFacts, opened_before: float) -> list[str]:
+        """End every session opened before ``opened_before`` that has no end time; return their ids.
+
+        Each gets ``reason``, ``event.at`` as its end time and ``event`` in its log. For a
+        single node whose live calls died with it (the in-memory call queue): their sessions
+        would otherwise show them in progress forever. ``opened_before`` keeps a call started
+        after the caller decided this out of it, should the write be delayed.
+        Idempotent: the rows are read and locked in the same transaction that ends them
+        (SQLite: the write lock of :meth:`_begin`; PostgreSQL: ``FOR UPDATE``, which skips a
+        row another start ended meanwhile), so a session is never ended twice.
+        """
+        ended: list[str] = []
+
+        async def work(session: AsyncSession) -> None:
+            ended.clear()  # a failed batch runs this work again on its own
+            rows = await session.scalars(
+                select(CallSession)
+                .where(CallSession.ended_at.is_(None), CallSession.queued_at < _dt(opened_before))
+                .order_by(CallSession.queued_at)
+                .with_for_update()
+                .execution_options(populate_existing=True)
+            )
+            for row in list(rows):
+                await append_event(session, row.id, event.kind, event.actor, event.data, _dt(event.at))
+                row.state = "ended"
+                row.ended_at = _dt(event.at)
+                row.end_reason = reason
+                ended.append(row.id)
+
+        await self._write(work)
+        for session_id in ended:
+            log.info("session %s: %s (%s)", session_id, event.kind, reason)
+        return ended

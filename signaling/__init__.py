@@ -27,6 +27,9 @@ from recordings.writer import SessionRecorder
 
 log = logging.getLogger(__name__)
 
+# Start-up waits at most this long for the sessions a previous run left open to be ended.
+LOST_SESSIONS_TIMEOUT = 30.0
+
 
 @dataclass
 class Signaling:
@@ -73,6 +76,19 @@ async def _finalize_leftovers(settings: Settings, bridge: Any) -> None:
         return
     if recovered:
         log.warning("finalized %d recording file(s) left by a crash", len(recovered))
+
+
+async def _end_lost_sessions(service: Any) -> None:
+    """End the sessions the previous run of this single node left open; a failure only logs.
+
+    Like leftover recordings, this is repair work: a database that fails it here fails the
+    node's requests too (``/readyz`` reports it), and the next start tries again.
+    """
+    try:
+        async with asyncio.timeout(LOST_SESSIONS_TIMEOUT):
+            await service.end_lost_sessions()
+    except Exception:
+        log.exception("ending the sessions left open by the previous run failed; they stay open until the next start")
 
 
 async def _signaling_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -126,6 +142,12 @@ async def _signaling_ctx(app: web.Application) -> AsyncIterator[None]:
     notifier.ice_servers = bridge.ice_servers
     InCall(server, bridge, SnapshotStore(settings.media.recordings_dir, records)).register()
     worker = NodeWorker(service)
+    if redis is None:
+        # One node, calls in memory: whatever the database still shows open died with the
+        # previous run. (With Redis, calls outlive a node; the surviving nodes' deadlines
+        # and node reaping end them.) Before the recordings are finalized below, so their
+        # entries follow call_ended in the log as they do after a normal end.
+        await _end_lost_sessions(service)
     # A node restarted under the same id: the sockets its previous run held are gone.
     for side in await queue.reap_node(node_id):
         await service.side_gone(side, None)

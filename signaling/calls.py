@@ -331,6 +331,16 @@ def end(call: Call, reason: EndReason, actor: str, now: float, **data: Any) -> t
     return new, [CallEvent("call_ended", actor, now, payload)]
 
 
+def ended_with_node(node: str, now: float) -> tuple[EndReason, CallEvent]:
+    """How a call is ended whose live state was lost with its node (the in-memory queue).
+
+    Nothing of the call survives to run :func:`end` on, only its session record; any state
+    the record can be in may end ``failed`` (see ``END_REASONS``).
+    """
+    reason = EndReason.FAILED
+    return reason, CallEvent("call_ended", f"node:{node}", now, {"reason": reason.value, "why": "node restarted"})
+
+
 def participant_lost(call: Call, side: str, now: float) -> tuple[Call, list[CallEvent]]:
     """The outlet's or the agent's connection dropped: the grace period starts."""
     if not call.active:

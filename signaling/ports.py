@@ -23,6 +23,12 @@ class SessionLog(Protocol):
     async def append(self, session_id: str, kind: str, actor: str, data: dict[str, Any], at: float) -> None:
         """Write one event that changes no state (media events, recording files)."""
 
+    async def end_open(self, reason: str, event: CallEvent, opened_before: float) -> list[str]:
+        """End every session opened before ``opened_before`` and not ended yet; return their ids.
+
+        Each ends with ``reason`` at ``event.at``, and ``event`` is appended to its log.
+        """
+
 
 class Notifier(Protocol):
     """Delivers server events to rooms of connected clients, on every node."""

@@ -453,6 +453,24 @@ class CallService:
         elif p.role is Role.AGENT:
             await self.side_gone(agent_side(p.user_id), sid)
 
+    async def end_lost_sessions(self) -> list[str]:
+        """End, in the session records, every call that is not ended there; return their ids.
+
+        Only for a node starting on the in-memory queue, which is a single node by definition:
+        every call still open in the database lived in the previous run's memory and is gone
+        with it (killed, or stopped). With Redis the calls outlive a node and other nodes may
+        hold them, so this must not run there.
+        """
+        now = self.clock()
+        reason, event = domain.ended_with_node(self.node_id, now)
+        ended = await self.records.end_open(reason.value, event, opened_before=now)
+        if ended:
+            log.warning(
+                "node %s: ended %d session(s) left open by the previous run as %s (node restarted): %s",
+                self.node_id, len(ended), reason.value, ", ".join(ended[:20]) + (" …" if len(ended) > 20 else ""),
+            )
+        return ended
+
     async def side_gone(self, side: str, sid: str | None) -> None:
         kind, _, ident = side.partition(":")
         remaining = await self.queue.disconnect(side, sid, self.node_id) if sid else 0
