@@ -86,8 +86,16 @@ def encode_loops() -> dict[str, list[bytes]]:
 
 # --------------------------------------------------------------------------- server side
 def server_main(mode: str, port_queue: Any, record_dir: str, use_uvloop: bool = False) -> None:
-    """Server process entry: ``mode`` is passthrough (recorder), passthrough-norec (no-op sink) or stock."""
+    """Server process entry: ``mode`` is passthrough (recorder), passthrough-norec (no-op sink) or stock.
+
+    ``-slowrx`` on a passthrough mode: aiortc's own receive path instead of the synchronous one
+    (``media.passthrough.install_fast_receive``), to measure what that path saves.
+    """
     logging.basicConfig(level=logging.WARNING)
+    if mode.endswith("-slowrx"):
+        from media import passthrough
+
+        passthrough.install_fast_receive = lambda pc: 0  # type: ignore[assignment]
     if use_uvloop:
         import uvloop
 
@@ -110,7 +118,7 @@ async def _serve(mode: str, port_queue: Any, record_dir: str) -> None:
             lags.append(loop.time() - start - 0.02)
 
     lag_task = asyncio.ensure_future(probe_lag())
-    backend: Any = (PassthroughBackend(record_dir, record=mode == "passthrough") if mode.startswith("passthrough")
+    backend: Any = (PassthroughBackend(record_dir, record="norec" not in mode) if mode.startswith("passthrough")
                     else StockBackend(record_dir))
     process = psutil.Process()
     stop = asyncio.Event()
@@ -127,7 +135,8 @@ async def _serve(mode: str, port_queue: Any, record_dir: str) -> None:
         p99 = values[int(len(values) * 0.99)] if values else 0.0
         with open("/proc/thread-self/schedstat") as f:  # ns on CPU, ns runnable but waiting for a CPU
             on_cpu, waiting = (int(x) for x in f.read().split()[:2])
-        return web.json_response({"cpu": times.user + times.system, "rss": process.memory_info().rss,
+        return web.json_response({"cpu": times.user + times.system, "sys": times.system,
+                                  "rss": process.memory_info().rss,
                                   "loop_on_cpu": on_cpu / 1e9, "loop_waiting": waiting / 1e9,
                                   "lag_p99": p99, "threads": process.num_threads(), "states": backend.states()})
 
@@ -193,6 +202,9 @@ class PassthroughBackend:
                     counts[key] = counts.get(key, 0) + track[key]
                 counts["subscriber_drops"] = counts.get("subscriber_drops", 0) + sum(
                     s["drops"] for s in track["subscribers"])
+                counts["server_packets_in"] = counts.get("server_packets_in", 0) + track["packets_in"]
+                counts["server_packets_out"] = counts.get("server_packets_out", 0) + sum(
+                    s["packets_out"] for s in track["subscribers"])
         return counts
 
     async def negotiate(self, session: str, participant: str, sdp: str, tracks: dict) -> str:
@@ -433,8 +445,19 @@ async def _clients(calls: list[str], port: int, loops: dict[str, list[bytes]], r
         setup.append(camera.arrivals[0] - started if camera.arrivals else float("nan"))
     results.put(("ready", setup))
     loop = asyncio.get_running_loop()
+
+    def packets() -> int:  # RTP packets these clients sent to the server and got from it, so far
+        sent = sum(t.sender._RTCRtpSender__packet_count for pc in pcs for t in pc.getTransceivers()
+                   if t.direction == "sendonly")
+        return sent + sum(c.received for parts in counters.values() for routes in parts.values()
+                          for c in routes.values())
+
     window_start, window_end = await loop.run_in_executor(None, control.get)
-    await asyncio.sleep(max(0.0, window_end - time.time()) + 0.3)
+    await asyncio.sleep(max(0.0, window_start - time.time()))
+    packets_start = packets()
+    await asyncio.sleep(max(0.0, window_end - time.time()))
+    window_packets = packets() - packets_start
+    await asyncio.sleep(0.3)
     report = []
     for session, parts in counters.items():
         for participant, routes in parts.items():
@@ -443,9 +466,10 @@ async def _clients(calls: list[str], port: int, loops: dict[str, list[bytes]], r
                 got = sum(1 for a in counter.arrivals if window_start <= a < window_end)
                 lat = [x for a, x in zip(counter.arrivals[-len(counter.latency):], counter.latency)
                        if window_start <= a < window_end] if counter.latency else []
-                report.append({"route": f"{participant}<-{source}", "got": got,
+                report.append({"route": f"{participant}<-{source}", "got": got, "packets": 0,
                                "expected": RATES[source] * (window_end - window_start),
                                "loss": counter.loss, "latency": lat})
+    report[0]["packets"] = window_packets
     results.put(("report", report))
     for pc in pcs:
         await pc.close()
@@ -468,7 +492,7 @@ def _pct(values: list[float], q: float) -> float:
 
 
 def run(mode: str, calls: int, seconds: float, loops: dict[str, list[bytes]], processes: int,
-        use_uvloop: bool = False) -> dict:
+        use_uvloop: bool = False, profile: str = "") -> dict:
     """One server process of ``mode`` with ``calls`` concurrent calls; returns the figures."""
     ctx = mp.get_context("spawn")
     port_queue = ctx.Queue()
@@ -498,11 +522,21 @@ def run(mode: str, calls: int, seconds: float, loops: dict[str, list[bytes]], pr
     client_procs = [psutil.Process(p.pid) for p in clients]
     client_cpu0 = sum(sum(p.cpu_times()[:2]) for p in client_procs)
     before = _get(port, "/probe")
+    spy = None
+    if profile:  # py-spy samples the server for the window (collapsed stacks, flamegraph input)
+        import subprocess
+
+        out = f"{profile}-{mode}-{calls}.txt"
+        spy = subprocess.Popen(["py-spy", "record", "--pid", str(server.pid), "--duration", str(int(seconds)),
+                                "--rate", "200", "--gil", "--format", "raw", "--output", out, "--nonblocking"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     start = time.time()
     for control in controls:
         control.put((start, start + seconds))
     time.sleep(seconds)
     after = _get(port, "/probe")
+    if spy is not None:
+        spy.wait(timeout=60)
     client_cpu = sum(sum(p.cpu_times()[:2]) for p in client_procs) - client_cpu0
     reports: list[dict] = []
     for _ in clients:
@@ -520,6 +554,16 @@ def run(mode: str, calls: int, seconds: float, loops: dict[str, list[bytes]], pr
         "mode": mode + ("+uvloop" if use_uvloop else ""), "calls": calls, "states": after["states"],
         "cpu_per_call_pct": 100 * (after["cpu"] - before["cpu"]) / seconds / calls,
         "cpu_total_pct": 100 * (after["cpu"] - before["cpu"]) / seconds,
+        # Kernel share: on loopback a sendto also runs the receiving socket's side in our process.
+        "sys_pct": 100 * (after["sys"] - before["sys"]) / max(1e-9, after["cpu"] - before["cpu"]),
+        # Server CPU per RTP packet through it (sent to it + received from it, counted by the
+        # clients): comparable between server kinds, and when a busy machine makes clients send less.
+        "us_per_packet": 1e6 * (after["cpu"] - before["cpu"]) / max(1, sum(r["packets"] for r in reports)),
+        # The server's own count of RTP packets in, per second and call (passthrough only).
+        "server_in_pps_per_call": (after["states"].get("server_packets_in", 0)
+                                   - before["states"].get("server_packets_in", 0)) / seconds / calls,
+        "server_out_pps_per_call": (after["states"].get("server_packets_out", 0)
+                                    - before["states"].get("server_packets_out", 0)) / seconds / calls,
         "client_cpu_pct": 100 * client_cpu / seconds,
         # Share of the window the event-loop thread was runnable but had no CPU (other load).
         "loop_starved_pct": 100 * (after["loop_waiting"] - before["loop_waiting"]) / seconds,
@@ -541,23 +585,30 @@ def main() -> None:
     parser.add_argument("--client-processes", type=int, default=2)
     parser.add_argument("--uvloop", action="store_true", help="run the servers on uvloop (pip install uvloop)")
     parser.add_argument("--no-record", action="store_true", help="passthrough with a no-op sink instead of the recorder")
+    parser.add_argument("--aiortc-receive", action="store_true",
+                        help="passthrough with aiortc's own receive path (A/B for media.passthrough.install_fast_receive)")
+    parser.add_argument("--profile", default="", metavar="PREFIX",
+                        help="sample the server with py-spy during each window into PREFIX-<mode>-<K>.txt "
+                             "(collapsed stacks; needs py-spy on PATH)")
     args = parser.parse_args()
     loops = encode_loops()
     rows = []
-    plan = [("passthrough-norec" if args.no_record else "passthrough", int(k)) for k in args.calls.split(",") if k]
+    kind = ("passthrough-norec" if args.no_record else "passthrough") + ("-slowrx" if args.aiortc_receive else "")
+    plan = [(kind, int(k)) for k in args.calls.split(",") if k]
     plan += [("stock", int(k)) for k in args.baseline_calls.split(",") if k]
     header = (f"{'server':<20}{'K':>4}{'cpu/call':>10}{'cpu tot':>9}{'rss/call':>10}{'fps worst':>10}"
               f"{'fps mean':>9}{'loss':>7}{'lag p99':>9}{'setup p50':>10}{'p95':>7}{'hop p50':>9}{'p95':>8}"
-              f"{'clients cpu':>12}{'loop busy':>10}{'starved':>8}")
+              f"{'clients cpu':>12}{'loop busy':>10}{'starved':>8}{'us/pkt':>8}{'sys':>6}")
     print(header)
     for mode, calls in plan:
-        row = run(mode, calls, args.seconds, loops, min(args.client_processes, calls), args.uvloop)
+        row = run(mode, calls, args.seconds, loops, min(args.client_processes, calls), args.uvloop, args.profile)
         rows.append(row)
         print(f"{row['mode']:<20}{row['calls']:>4}{row['cpu_per_call_pct']:>9.1f}%{row['cpu_total_pct']:>8.0f}%"
               f"{row['rss_per_call_mb']:>8.1f}MB{row['fps_worst_pct']:>9.0f}%{row['fps_mean_pct']:>8.0f}%"
               f"{row['loss_pct']:>6.2f}%{row['lag_p99_ms']:>7.1f}ms{row['setup_p50_s']:>9.2f}s"
               f"{row['setup_p95_s']:>6.2f}s{row['latency_p50_ms']:>7.1f}ms{row['latency_p95_ms']:>6.1f}ms"
-              f"{row['client_cpu_pct']:>11.0f}%{row['loop_busy_pct']:>9.0f}%{row['loop_starved_pct']:>7.0f}%",
+              f"{row['client_cpu_pct']:>11.0f}%{row['loop_busy_pct']:>9.0f}%{row['loop_starved_pct']:>7.0f}%"
+              f"{row['us_per_packet']:>8.1f}{row['sys_pct']:>5.0f}%",
               flush=True)
     print(json.dumps(rows, indent=1), file=sys.stderr)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import logging
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,10 @@ from typing import Any, Callable, Mapping, TypeVar
 from urllib.parse import urlparse
 
 PREFIX = "CLOUDHALL_"
+TEST_PREFIX = "CLOUDHALL_TEST_"  # read by the test suite, not by the server
+
+log = logging.getLogger(__name__)
+
 T = TypeVar("T")
 
 
@@ -90,7 +95,7 @@ class MediaSettings:
     allow_loopback: bool = True
     recordings_dir: Path = Path("var/recordings")
     # Bounded queues: encoded frames held per subscriber before it drops and asks for a keyframe.
-    subscriber_queue_frames: int = 60
+    subscriber_backlog_kb: int = 256
 
 
 @dataclass(frozen=True)
@@ -105,8 +110,17 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> "Settings":
-        """Build settings from ``CLOUDHALL_*`` variables; raise :class:`SettingsError` on a bad one."""
-        return _EnvReader(env).settings()
+        """Build settings from ``CLOUDHALL_*`` variables; raise :class:`SettingsError` on a bad one.
+
+        A ``CLOUDHALL_*`` variable that no setting reads is logged as a warning, not refused
+        (an old deployment file must still start after a setting is retired).
+        """
+        reader = _EnvReader(env)
+        settings = reader.settings()
+        unknown = reader.unknown()
+        if unknown:
+            log.warning("ignored unknown setting(s): %s (see docs/operations.md for the list)", ", ".join(unknown))
+        return settings
 
 
 def _parse_bool(raw: str) -> bool:
@@ -196,9 +210,16 @@ def _parse_log_level(raw: str) -> str:
 class _EnvReader:
     def __init__(self, env: Mapping[str, str]) -> None:
         self._env = env
+        self.read: set[str] = set()
+
+    def unknown(self) -> list[str]:
+        """``CLOUDHALL_*`` variables that no setting reads (a typo, or a setting since removed)."""
+        return sorted(var for var in self._env
+                      if var.startswith(PREFIX) and var not in self.read and not var.startswith(TEST_PREFIX))
 
     def get(self, name: str, parse: Callable[[str], Any], default: Any) -> Any:
         var = PREFIX + name
+        self.read.add(var)
         if var not in self._env:
             return default
         raw = self._env[var]
@@ -257,7 +278,7 @@ class _EnvReader:
             host_addresses=self.get("MEDIA_HOST_ADDRESSES", _parse_ip_list, ()),
             allow_loopback=self.get("MEDIA_ALLOW_LOOPBACK", _parse_bool, True),
             recordings_dir=Path(self.get("RECORDINGS_DIR", str, str(data_dir / "recordings"))),
-            subscriber_queue_frames=self.get("SUBSCRIBER_QUEUE_FRAMES", _positive(int), 60),
+            subscriber_backlog_kb=self.get("SUBSCRIBER_BACKLOG_KB", _positive(int), 256),
         )
         return Settings(
             http=http,

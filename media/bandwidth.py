@@ -41,15 +41,25 @@ class RateMeter:
     """Bits per second flowing over the last second, counted in 100 ms buckets (cheap per packet)."""
 
     def __init__(self) -> None:
-        self._buckets: deque[tuple[int, int]] = deque()  # (bucket index, bytes)
+        self._buckets: deque[tuple[int, int]] = deque()  # closed buckets: (bucket index, bytes)
+        self._index = -1  # the open bucket
+        self._bytes = 0
 
     def add(self, nbytes: int, now: float) -> None:
         index = int(now / METER_BUCKET)
-        if self._buckets and self._buckets[-1][0] == index:
-            self._buckets[-1] = (index, self._buckets[-1][1] + nbytes)
-        else:
-            self._buckets.append((index, nbytes))
-            self._trim(index)
+        if index == self._index:  # the per-packet case: one comparison, one addition
+            self._bytes += nbytes
+            return
+        self._close(index)
+        self._bytes = nbytes
+
+    def _close(self, index: int) -> None:
+        """Move on to bucket ``index``: the open one joins the closed ones, old ones go."""
+        if index > self._index:
+            if self._bytes:
+                self._buckets.append((self._index, self._bytes))
+            self._index, self._bytes = index, 0
+        self._trim(index)
 
     def _trim(self, index: int) -> None:
         oldest = index - round(METER_WINDOW / METER_BUCKET)  # the whole last second + the current bucket
@@ -58,9 +68,9 @@ class RateMeter:
 
     def rate(self, now: float) -> int:
         index = int(now / METER_BUCKET)
-        self._trim(index)
+        self._close(index)
         seconds = METER_WINDOW + (now - index * METER_BUCKET)
-        return int(sum(nbytes for _, nbytes in self._buckets) * 8 / seconds)
+        return int((sum(nbytes for _, nbytes in self._buckets) + self._bytes) * 8 / seconds)
 
 
 class CongestionCap:

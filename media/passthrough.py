@@ -5,23 +5,30 @@ Written against ``aiortc==1.16.0`` and ``aioice==0.13.0`` (pinned in pyproject.t
 the changed behaviour if an upgrade breaks any of this. What is patched, per object (never
 per class, so other aiortc users in the same process are untouched):
 
-Receivers (:class:`ReceiverTap`)
-    ``RTCRtpReceiver.__jitter_buffer`` is replaced by an adapter that feeds a
-    :class:`media.assembler.FrameAssembler`, which hands complete *encoded* frames to the
-    relay and never returns one to aiortc, so aiortc's decoder never sees a frame; its
-    ``__decoder_queue`` is replaced by a queue whose ``get()`` ends the decoder thread at
-    once (no idle thread per track, nothing queued, nothing decoded). ``_send_rtcp`` is
-    wrapped so that the REMB aiortc computes per video stream is only read as an overuse
-    signal, and what goes upstream is one value per connection (:class:`media.bandwidth.UplinkRate`:
-    uncapped unless our link or a subscriber's is congested); ``_send_rtcp_pli`` is how
-    keyframes are requested upstream (aiortc has no public PLI).
-Senders (:func:`install_sender_hooks`)
-    ``RTCRtpSender.__encoder`` is set to a :class:`_Packer` that only packetizes the
-    pre-encoded ``av.Packet`` the forwarding track returns (aiortc's stock path would build
-    an Opus *encoder* just to call its ``pack``), and whose ``target_bitrate`` setter is how
-    a subscriber's REMB reaches us; ``_send_keyframe`` (called on PLI/FIR) is replaced by a
-    callback that forwards the request upstream. NACKs are still answered by aiortc's own
-    retransmission history.
+Incoming media (:func:`install_fast_receive`, :class:`ReceiverTap`)
+    the aioice ``Connection.data_received`` of each peer connection decrypts SRTP packets of
+    a connected DTLS transport (``_rx_srtp``), parses and routes them (``_rtp_router``) and
+    runs :meth:`ReceiverTap.handle_rtp` — aiortc's ``_handle_rtp_packet`` steps on the same
+    receiver state, synchronously — instead of queueing them for aiortc's per-transport task.
+    ``RTCRtpReceiver.__jitter_buffer`` is replaced by the tap, which hands each packet to the
+    relay (forwarding) and feeds a :class:`media.assembler.FrameAssembler` (complete *encoded*
+    frames for the recorder), never returning a frame to aiortc, so aiortc's decoder never
+    sees one; its ``__decoder_queue`` is replaced by a queue whose ``get()`` ends the decoder
+    thread at once. ``_send_rtcp`` is wrapped so that the REMB aiortc computes per video
+    stream is only read as an overuse signal, and what goes upstream is one value per
+    connection (:class:`media.bandwidth.UplinkRate`: uncapped unless our link or a
+    subscriber's is congested); ``_send_rtcp_pli`` is how keyframes are requested upstream
+    (aiortc has no public PLI).
+Outgoing media (:class:`SenderLink`)
+    packets are written, SRTP-protected (``_tx_srtp``), straight to the nominated ICE pair's
+    socket; the sender keeps running aiortc's RTCP (its report counters ``__packet_count``,
+    ``__octet_count``, ``__ntp_timestamp``, ``__rtp_timestamp`` are kept current) while its
+    RTP loop waits on a silent track. ``__encoder`` becomes a stub whose ``target_bitrate``
+    setter is how a subscriber's REMB reaches us; ``_send_keyframe`` (PLI/FIR) and
+    ``_retransmit`` (NACK, answered from our own history) are replaced.
+Pre-encoded clients (:func:`install_sender_hooks`)
+    for the load generator and tests, not the server: ``__encoder`` is a :class:`_Packer`
+    that packetizes the ``av.Packet`` a track returns.
 Transceivers
     ``RTCRtpTransceiver._codecs`` is trimmed to VP8 (+RTX) and Opus before the answer.
 ICE (:func:`tune_ice`)
@@ -33,9 +40,12 @@ ICE (:func:`tune_ice`)
 from __future__ import annotations
 
 import asyncio
+import asyncio.selector_events
 import functools
 import logging
 import random
+import struct
+import time
 import weakref
 from fractions import Fraction
 from typing import Any, Callable
@@ -46,13 +56,25 @@ import aioice.stun
 import aiortc
 import av
 from aioice.candidate import Candidate, candidate_foundation, candidate_priority
+import pylibsrtp
+from aiortc import clock as aiortc_clock
+from aiortc.codecs import depayload
 from aiortc.codecs.vpx import Vp8Encoder
-from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, pack_remb_fci, unpack_remb_fci
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.rtcdtlstransport import State as DtlsState
+from aiortc.rtcrtpreceiver import StreamStatistics
+from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, RtpPacket, is_rtcp, pack_remb_fci, unpack_remb_fci, unwrap_rtx
 
 from media.assembler import FrameAssembler, FrameCallback
 from media.bandwidth import UplinkRate
 
 logger = logging.getLogger(__name__)
+
+# seq, timestamp, marker, RTP payload (b"": padding only), starts a key frame, audio level byte, loop time
+PacketCallback = Callable[[int, int, int, bytes, bool, "int | None", float], None]
+
+REMB_MIN_INTERVAL_MS = 250  # our receivers' estimates become a REMB at most this often...
+REMB_DROP = 0.97  # ...unless the estimate fell by 3 % or more
 
 TESTED_AIORTC = "1.16.0"
 TESTED_AIOICE = "0.13.0"
@@ -60,12 +82,31 @@ TESTED_AIOICE = "0.13.0"
 # Consent freshness (RFC 7675). aioice 0.13 sends one consent check every ~5 s with *no*
 # retransmission and a 0.5 s timeout, and closes after 6 consecutive misses: any round trip
 # above 500 ms for ~30 s ends the call (measured: 480 ms RTT survives, 520 ms dies), which
-# is exactly a satellite or congested island link. We keep the interval and the 30 s
-# expiry, but let each check retransmit twice (0, 0.5, 1.5 s; answer accepted until 3.5 s),
-# so a round trip of up to ~3.5 s, or 2 lost packets out of 3, no longer counts as a miss.
+# is exactly a satellite or congested island link. We keep the interval, let each check
+# retransmit twice (0, 0.5, 1.5 s; an answer is accepted until 3.5 s), so a round trip of up
+# to ~3.5 s, or 2 lost packets out of 3, no longer counts as a miss — and close, as the RFC
+# says, when no check has been answered for CONSENT_EXPIRY seconds (counting misses instead
+# would stretch that to ~50 s once each miss takes 3.5 s longer). Measured through the
+# emulated island link (tests/media/test_consent_island_link.py): 800 ms RTT stays up,
+# stock closes at 30-35 s.
 CONSENT_INTERVAL = 5.0
-CONSENT_FAILURES = 6
+CONSENT_EXPIRY = 30.0
 CONSENT_RETRANSMISSIONS = 2
+# When aioice sends each copy of a check, from the first (its RTO doubles from RETRY_RTO).
+CONSENT_SENDS = tuple(aioice.stun.RETRY_RTO * ((1 << i) - 1) for i in range(CONSENT_RETRANSMISSIONS + 1))
+
+
+def consent_rtt(elapsed: float, previous: float | None) -> float:
+    """The round trip a consent check shows, ``elapsed`` seconds from its first copy to the answer.
+
+    Once a copy was retransmitted the answer may be to any copy sent so far: of those
+    readings, take the one closest to the previous round trip (a loss then does not add
+    0.5 or 1.5 s to the estimate the repair wait follows).
+    """
+    readings = [elapsed - sent for sent in CONSENT_SENDS if elapsed - sent > 0]
+    if previous is None or len(readings) == 1:
+        return elapsed
+    return min(readings, key=lambda reading: abs(reading - previous))
 
 
 class PassthroughIncompatible(RuntimeError):
@@ -88,6 +129,8 @@ def check_classes() -> None:
     _require(aiortc.RTCRtpReceiver, "_send_rtcp_pli", "upstream keyframe request")
     _require(aiortc.RTCRtpSender, "_send_keyframe", "PLI forwarding")
     _require(aiortc.RTCRtpSender, "_handle_rtcp_packet", "REMB forwarding")
+    _require(aiortc.RTCRtpSender, "_retransmit", "NACK answers")
+    _require(aioice.ice.Connection, "data_received", "fast receive path")
     _require(Vp8Encoder, "_packetize", "VP8 packetizer")
     _require(aioice.ice.Connection, "get_component_candidates", "host addresses")
     _require(aioice.ice.Connection, "query_consent", "consent timing")
@@ -127,6 +170,7 @@ class ReceiverTap:
         *,
         max_wait: float = 0.5,
         uplink: UplinkRate | None = None,
+        on_packet: PacketCallback | None = None,
     ) -> None:
         for attribute in ("_RTCRtpReceiver__jitter_buffer", "_RTCRtpReceiver__decoder_queue",
                           "_RTCRtpReceiver__rtcp_ssrc"):
@@ -134,6 +178,10 @@ class ReceiverTap:
         self._receiver = receiver
         self.kind = kind
         self.assembler = FrameAssembler(kind, on_frame, on_picture_loss, max_wait=max_wait)
+        self.on_packet = on_packet
+        self.fast_packets = 0  # packets that came through install_fast_receive's path
+        self._remb_last: int | None = None
+        self._remb_at_ms = 0
         self.media_ssrc: int | None = None
         self.packets = 0
         self.bytes = 0
@@ -155,6 +203,8 @@ class ReceiverTap:
         self.uplink.limits[self] = bitrate
 
     # The jitter buffer interface aiortc calls: add(packet) -> (pli_flag, frame or None).
+    # aiortc has already decrypted, parsed, counted, NACKed and unwrapped RTX: ``packet`` is the
+    # original stream's packet, ``packet._data`` its depayloaded codec data.
     def add(self, packet: Any) -> tuple[bool, None]:
         self.packets += 1
         payload = packet.payload
@@ -166,18 +216,85 @@ class ReceiverTap:
         now = asyncio.get_running_loop().time()
         self.uplink.add(self, len(payload) + packet.padding_size, now)
         if payload:
+            data = packet._data
             if self.kind == "video":
-                # VP8 payload descriptor (RFC 7741): S bit set and partition index 0.
+                # VP8 payload descriptor (RFC 7741): S bit set and partition index 0; then
+                # the VP8 payload header's P bit (RFC 6386 9.1) is 0 on a key frame.
                 start = bool(payload[0] & 0x10) and not payload[0] & 0x0F
+                keyframe = start and bool(data) and not data[0] & 0x01
             else:
-                start = True
-            self.assembler.push(
-                packet.sequence_number, packet.timestamp, bool(packet.marker), start,
-                packet._data, now,
-            )
+                start = keyframe = True
+            if self.on_packet is not None:
+                level = packet.extensions.audio_level
+                self.on_packet(packet.sequence_number, packet.timestamp, packet.marker, payload,
+                               keyframe, None if level is None else (level[0] << 7) | level[1], now)
+            self.assembler.push(packet.sequence_number, packet.timestamp, bool(packet.marker), start, data, now)
         else:  # padding only (bandwidth probing): it still takes a sequence number
+            if self.on_packet is not None:
+                self.on_packet(packet.sequence_number, packet.timestamp, 0, b"", False, None, now)
             self.assembler.push_padding(packet.sequence_number, now)
         return False, None
+
+    def handle_rtp(self, packet: Any, arrival_ms: int) -> None:
+        """aiortc's ``RTCRtpReceiver._handle_rtp_packet``, synchronous (see :func:`install_fast_receive`).
+
+        Same steps, same receiver state: REMB estimation, RTCP statistics, RTX unwrapping,
+        NACKs, depayloading, then :meth:`add`. RTCP it has to send (REMB, NACK) becomes a task;
+        everything else runs to completion here, with no await.
+        """
+        receiver = self._receiver
+        if not receiver._enabled:
+            return
+        estimator = receiver._RTCRtpReceiver__remote_bitrate_estimator  # type: ignore[attr-defined]
+        if estimator is not None and packet.extensions.abs_send_time is not None:
+            remb = estimator.add(abs_send_time=packet.extensions.abs_send_time, arrival_time_ms=arrival_ms,
+                                 payload_size=len(packet.payload) + packet.padding_size, ssrc=packet.ssrc)
+            rtcp_ssrc = receiver._RTCRtpReceiver__rtcp_ssrc  # type: ignore[attr-defined]
+            if rtcp_ssrc is not None and remb is not None and self._remb_due(remb[0], arrival_ms):
+                _spawn(self._send_rtcp(RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=rtcp_ssrc, media_ssrc=0,
+                                                      fci=pack_remb_fci(*remb))))
+        codecs = receiver._RTCRtpReceiver__codecs  # type: ignore[attr-defined]
+        codec = codecs.get(packet.payload_type)
+        if codec is None:
+            return
+        streams = receiver._RTCRtpReceiver__remote_streams  # type: ignore[attr-defined]
+        stream = streams.get(packet.ssrc)
+        if stream is None:
+            stream = streams[packet.ssrc] = StreamStatistics(codec.clockRate)
+            # getSynchronizationSources() reads when each source was last active; once per
+            # new source instead of a datetime per packet.
+            receiver._RTCRtpReceiver__active_ssrc[packet.ssrc] = aiortc_clock.current_datetime()  # type: ignore[attr-defined]
+        stream.add(packet)
+        if codec.mimeType.lower().endswith("/rtx"):
+            original_ssrc = receiver._RTCRtpReceiver__rtx_ssrc.get(packet.ssrc)  # type: ignore[attr-defined]
+            apt = codec.parameters.get("apt")
+            if original_ssrc is None or len(packet.payload) < 2 or not isinstance(apt, int) or apt not in codecs:
+                return
+            packet = unwrap_rtx(packet, payload_type=apt, ssrc=original_ssrc)
+            codec = codecs[apt]
+        nacks = receiver._RTCRtpReceiver__nack_generator  # type: ignore[attr-defined]
+        if nacks is not None and nacks.add(packet):
+            _spawn(receiver._send_rtcp_nack(packet.ssrc, sorted(nacks.missing)))
+        try:
+            packet._data = depayload(codec, packet.payload) if packet.payload else b""
+        except ValueError:
+            return
+        self.fast_packets += 1
+        self.add(packet)
+
+    def _remb_due(self, bitrate: int, now_ms: int) -> bool:
+        """Whether an estimate is worth a REMB now: a drop of 3 % or more at once, else 4 per second.
+
+        While its detector says "overusing", aiortc's estimator yields an estimate on *every*
+        packet; sending each (and recomputing the connection's value) cost ~10 % of the server's
+        CPU under load, for values a few hundred microseconds apart. Chromium's own REMB sender
+        is paced the same way.
+        """
+        last = self._remb_last
+        if last is not None and now_ms - self._remb_at_ms < REMB_MIN_INTERVAL_MS and bitrate > REMB_DROP * last:
+            return False
+        self._remb_last, self._remb_at_ms = bitrate, now_ms
+        return True
 
     async def _send_rtcp(self, packet: Any) -> None:
         if isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
@@ -215,23 +332,19 @@ class ReceiverTap:
             await self._original_send_rtcp(packet)
 
 
-class _Packer:
-    """Replaces a sender's encoder: packetizes pre-encoded frames; encoding is refused."""
+class _RembTap:
+    """Stands in for a forwarding sender's encoder: only its ``target_bitrate`` setter is used.
 
-    def __init__(self, kind: str, on_remb: Callable[[int], None]) -> None:
-        self.kind = kind
+    aiortc hands a subscriber's REMB to ``encoder.target_bitrate``; nothing is ever encoded
+    or packed through it.
+    """
+
+    def __init__(self, on_remb: Callable[[int], None]) -> None:
         self._on_remb = on_remb
-        self._picture_id = random.randint(0, (1 << 15) - 1)
         self._bitrate = 0
 
-    def pack(self, packet: av.Packet) -> tuple[list[bytes], int]:
-        data = bytes(packet)
-        if self.kind == "video":
-            payloads = Vp8Encoder._packetize(data, self._picture_id)
-            self._picture_id = (self._picture_id + 1) % (1 << 15)
-        else:
-            payloads = [data]
-        return payloads, int(packet.pts)
+    def pack(self, packet: Any) -> tuple[list[bytes], int]:
+        raise PassthroughIncompatible("a forwarding sender pulled a frame from its track")
 
     def encode(self, frame: Any, force_keyframe: bool = False) -> tuple[list[bytes], int]:
         raise PassthroughIncompatible("a forwarding sender was handed a raw frame to encode")
@@ -246,16 +359,352 @@ class _Packer:
         self._on_remb(bitrate)
 
 
+class _Packer(_RembTap):
+    """Replaces a client sender's encoder: packetizes pre-encoded frames; encoding is refused.
+
+    Not the server's forwarding path (that is :class:`SenderLink`, at the RTP level): this is
+    how a *client* built on aiortc sends pre-encoded media, used by the load generator in
+    ``benchmarks/media_load.py`` and by tests.
+    """
+
+    def __init__(self, kind: str, on_remb: Callable[[int], None]) -> None:
+        super().__init__(on_remb)
+        self.kind = kind
+        self._picture_id = random.randint(0, (1 << 15) - 1)
+
+    def pack(self, packet: av.Packet) -> tuple[list[bytes], int]:
+        data = bytes(packet)
+        if self.kind == "video":
+            payloads = Vp8Encoder._packetize(data, self._picture_id)
+            self._picture_id = (self._picture_id + 1) % (1 << 15)
+        else:
+            payloads = [data]
+        return payloads, int(packet.pts)
+
+
 def install_sender_hooks(
     sender: aiortc.RTCRtpSender,
     kind: str,
     on_keyframe_request: Callable[[], None],
     on_remb: Callable[[int], None],
 ) -> None:
-    """Make ``sender`` forward pre-encoded frames and report PLI/FIR and REMB to us."""
+    """Make a client's ``sender`` send pre-encoded frames and report PLI/FIR and REMB to us."""
     _require(sender, "_RTCRtpSender__encoder", "pre-encoded sender")
     sender._RTCRtpSender__encoder = _Packer(kind, on_remb)  # type: ignore[attr-defined]
     sender._send_keyframe = on_keyframe_request  # type: ignore[method-assign]
+
+
+# --------------------------------------------------------------------------- RTP-level sending
+NTP_EPOCH_OFFSET = 2208988800  # seconds from 1900-01-01 (NTP) to 1970-01-01 (Unix)
+SEND_HISTORY = 512  # packets kept per subscriber stream to answer NACKs (power of two)
+BACKLOG_LIMIT = 256 * 1024  # bytes waiting in the socket's user-space buffer before we drop
+
+
+def abs_send_time(wall: float) -> int:
+    """The abs-send-time header extension value for Unix time ``wall`` (6.18 fixed point, 24 bits)."""
+    return int((wall + NTP_EPOCH_OFFSET) * 262144) & 0xFFFFFF
+
+
+class _SilentTrack(MediaStreamTrack):
+    """Given to a forwarding sender so that aiortc's own RTP loop waits, pulling nothing."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+        self._ended: asyncio.Future[None] | None = None
+
+    async def recv(self) -> Any:
+        if self.readyState == "live":
+            self._ended = asyncio.get_running_loop().create_future()
+            await self._ended
+        raise MediaStreamError
+
+    def stop(self) -> None:
+        super().stop()
+        if self._ended is not None and not self._ended.done():
+            self._ended.set_result(None)
+
+
+class SenderLink:
+    """RTP-level output of one forwarded stream: packets go out through an RTCRtpSender's transport.
+
+    The forwarding path (:class:`media.relay.Forward`) hands over payloads already rewritten to
+    this stream's sequence numbers and timestamps; here they get this sender's SSRC, payload
+    type and header extensions (mid, abs-send-time for the subscriber's bandwidth estimator,
+    audio level), are SRTP-protected and written to the ICE pair's socket **synchronously**,
+    with no task, queue or frame in between. The sender itself stays aiortc's: it answers
+    RTCP, sends sender reports (we keep its counters and RTP/NTP timestamps current) and hands
+    us PLI/FIR (``on_keyframe_request``) and REMB (``on_remb``). NACKs are answered here from a
+    history of the last :data:`SEND_HISTORY` packets, as RTX when the subscriber negotiated it.
+
+    Bounded: when more than ``backlog_limit`` bytes (default :data:`BACKLOG_LIMIT`) already
+    wait in the socket's user-space buffer (the kernel refused them), :meth:`send` drops and
+    returns -1.
+    """
+
+    def __init__(self, transceiver: aiortc.RTCRtpTransceiver, kind: str, *, backlog_limit: int = BACKLOG_LIMIT) -> None:
+        sender = transceiver.sender
+        for attribute in ("_RTCRtpSender__encoder", "_RTCRtpSender__rtp_header_extensions_map",
+                          "_RTCRtpSender__rtx_payload_type", "_RTCRtpSender__started",
+                          "_RTCRtpSender__packet_count", "_RTCRtpSender__octet_count",
+                          "_RTCRtpSender__ntp_timestamp", "_RTCRtpSender__rtp_timestamp",
+                          "_ssrc", "_rtx_ssrc", "_retransmit"):
+            _require(sender, attribute, "RTP-level sender")
+        _require(transceiver, "_codecs", "RTP-level sender")
+        self.kind = kind
+        self.backlog_limit = backlog_limit
+        self.on_keyframe_request: Callable[[], None] = lambda: None
+        self.on_remb: Callable[[int], None] = lambda bitrate: None
+        self._transceiver = transceiver
+        self._sender = sender
+        sender._RTCRtpSender__encoder = _RembTap(lambda bitrate: self.on_remb(bitrate))  # type: ignore[attr-defined]
+        sender._send_keyframe = lambda: self.on_keyframe_request()  # type: ignore[method-assign]
+        sender._retransmit = self._retransmit  # type: ignore[method-assign]
+        sender.replaceTrack(_SilentTrack(kind))
+        self._history: list[tuple[int, int, int, bytes, int | None] | None] = [None] * SEND_HISTORY
+        self._prepared = False
+        self._ssrc = 0
+        self._pt = 0
+        self._rtx_pt: int | None = None
+        self._rtx_seq = random.randint(0, 0xFFFF)
+        self._mid_element = b""
+        self._abs_id: int | None = None
+        self._level_id: int | None = None
+        self._dtls: Any = None
+        self._connection: aioice.ice.Connection | None = None
+        self.packets = 0
+        self.bytes = 0
+        self.retransmits = 0
+        self.backlog_drops = 0
+
+    def _prepare(self) -> bool:
+        """Read what negotiation decided (once the sender has started); False until then."""
+        sender = self._sender
+        if not sender._RTCRtpSender__started:  # type: ignore[attr-defined]
+            return False
+        ids = sender._RTCRtpSender__rtp_header_extensions_map._HeaderExtensionsMap__ids  # type: ignore[attr-defined]
+        mid = (self._transceiver.mid or "").encode()
+        if ids.mid and 0 < len(mid) <= 16:
+            self._mid_element = bytes([(ids.mid << 4) | (len(mid) - 1)]) + mid
+        self._abs_id = ids.abs_send_time or None
+        self._level_id = ids.audio_level or None
+        self._ssrc = sender._ssrc
+        self._pt = self._transceiver._codecs[0].payloadType
+        self._rtx_pt = sender._RTCRtpSender__rtx_payload_type  # type: ignore[attr-defined]
+        self._dtls = sender.transport
+        self._connection = self._dtls.transport.iceGatherer._connection
+        self._prepared = True
+        return True
+
+    def _socket(self) -> tuple[Any, Any] | None:
+        """(asyncio datagram transport, remote address) of the nominated pair, or None."""
+        if self._dtls._state is not DtlsState.CONNECTED:
+            return None
+        pair = self._connection._nominated.get(1)  # type: ignore[union-attr]
+        if pair is None or pair.protocol.transport is None:
+            return None
+        return pair.protocol.transport, pair.remote_addr
+
+    @property
+    def ready(self) -> bool:
+        """Whether a packet sent now would leave (negotiated, DTLS connected, pair nominated)."""
+        return (self._prepared or self._prepare()) and self._socket() is not None
+
+    def _header(self, pt: int, seq: int, timestamp: int, marker: int, ssrc: int,
+                abs_time: int | None, level: int | None) -> bytes:
+        elements = self._mid_element
+        if abs_time is not None and self._abs_id is not None:
+            elements += bytes((self._abs_id << 4 | 2, abs_time >> 16, (abs_time >> 8) & 0xFF, abs_time & 0xFF))
+        if level is not None and self._level_id is not None:
+            elements += bytes((self._level_id << 4, level))
+        if not elements:
+            return _RTP_HEADER.pack(0x80, marker << 7 | pt, seq, timestamp, ssrc)
+        elements += b"\0" * (-len(elements) % 4)
+        return (_RTP_HEADER.pack(0x90, marker << 7 | pt, seq, timestamp, ssrc)
+                + _EXT_HEADER.pack(0xBEDE, len(elements) // 4) + elements)
+
+    def send(self, seq: int, timestamp: int, marker: int, payload: bytes, wall: float,
+             level: int | None = None) -> int:
+        """Send one packet now; returns the bytes sent, 0 if the link is not up, -1 if dropped (backlog)."""
+        if not self._prepared and not self._prepare():
+            return 0
+        out = self._socket()
+        if out is None:
+            return 0
+        transport, address = out
+        if transport.get_write_buffer_size() > self.backlog_limit:
+            self.backlog_drops += 1
+            return -1
+        self._history[seq & (SEND_HISTORY - 1)] = (seq, timestamp, marker, payload, level)
+        data = self._header(self._pt, seq, timestamp, marker, self._ssrc,
+                            abs_send_time(wall) if self._abs_id is not None else None, level) + payload
+        transport.sendto(self._dtls._tx_srtp.protect(data), address)
+        sender = self._sender
+        sender._RTCRtpSender__ntp_timestamp = int((wall + NTP_EPOCH_OFFSET) * 4294967296.0)  # type: ignore[attr-defined]
+        sender._RTCRtpSender__rtp_timestamp = timestamp  # type: ignore[attr-defined]
+        sender._RTCRtpSender__octet_count += len(payload)  # type: ignore[attr-defined]
+        sender._RTCRtpSender__packet_count += 1  # type: ignore[attr-defined]
+        self.packets += 1
+        self.bytes += len(data)
+        return len(data)
+
+    async def _retransmit(self, seq: int) -> None:
+        """aiortc calls this per NACKed sequence number: resend from the history (as RTX if negotiated)."""
+        entry = self._history[seq & (SEND_HISTORY - 1)]
+        if entry is None or entry[0] != seq:
+            return
+        out = self._socket()
+        if out is None:
+            return
+        _, timestamp, marker, payload, level = entry
+        wall = time.time()
+        abs_time = abs_send_time(wall) if self._abs_id is not None else None
+        if self._rtx_pt is not None:
+            data = self._header(self._rtx_pt, self._rtx_seq, timestamp, marker, self._sender._rtx_ssrc,
+                                abs_time, level) + _SEQ.pack(seq) + payload
+            self._rtx_seq = (self._rtx_seq + 1) & 0xFFFF
+        else:
+            data = self._header(self._pt, seq, timestamp, marker, self._ssrc, abs_time, level) + payload
+        out[0].sendto(self._dtls._tx_srtp.protect(data), out[1])
+        self.retransmits += 1
+
+
+_RTP_HEADER = struct.Struct("!BBHII")
+_EXT_HEADER = struct.Struct("!HH")
+_SEQ = struct.Struct("!H")
+
+
+# --------------------------------------------------------------------------- fast receive path
+_TASKS: set[asyncio.Future[Any]] = set()
+
+
+def _spawn(coro: Any) -> None:
+    """Run an RTCP send started from the synchronous receive path; keep it referenced until done."""
+    task = asyncio.ensure_future(coro)
+    _TASKS.add(task)
+    task.add_done_callback(_TASKS.discard)
+
+
+def install_fast_receive(pc: aiortc.RTCPeerConnection) -> int:
+    """Handle incoming SRTP media synchronously, as the datagram arrives; returns the transports patched.
+
+    aiortc passes every datagram through aioice's queue to a per-transport task that awaits
+    it, decrypts it and awaits the receiver's handler: one event-loop hop and half a dozen
+    coroutine frames per packet, the largest share of the server's CPU once forwarding is
+    synchronous (docs/media.md). Here the ICE connection's ``data_received`` decrypts an SRTP
+    (not SRTCP) packet of a connected DTLS transport, parses it and routes it to its
+    receiver's :meth:`ReceiverTap.handle_rtp` on the spot. Everything else — DTLS, SRTCP,
+    packets before the handshake ends or for a receiver without a tap — takes aiortc's own path.
+    Call it after ``setLocalDescription`` (the sockets exist once candidates are gathered):
+    their RTP and RTCP then skip aioice's attempt to parse every datagram as STUN.
+    """
+    patched = 0
+    seen: set[int] = set()
+    for transceiver in pc.getTransceivers():
+        dtls = transceiver.receiver.transport
+        for attribute in ("_rx_srtp", "_state", "_rtp_router", "_rtp_header_extensions_map"):
+            _require(dtls, attribute, "fast receive path")
+        _require(dtls.transport.iceGatherer, "_connection", "fast receive path")
+        connection = dtls.transport.iceGatherer._connection
+        if id(connection) in seen:
+            continue
+        seen.add(id(connection))
+        _require(connection, "data_received", "fast receive path")
+        _require(connection, "_protocols", "fast receive path")
+        connection.data_received = _fast_data_received(dtls, connection.data_received)
+        for protocol in connection._protocols:
+            protocol.datagram_received = _media_first(protocol, protocol.datagram_received)
+            drain_reads(protocol)
+        patched += 1
+    return patched
+
+
+READ_BURST = 64  # datagrams read per wake-up of one socket, at most
+
+
+def drain_reads(protocol: asyncio.DatagramProtocol) -> bool:
+    """Read up to :data:`READ_BURST` datagrams per readiness of the protocol's socket, not one.
+
+    asyncio's datagram transport reads one datagram per callback, so every packet costs a
+    trip round the event loop (an ``epoll_wait``, a handle run) — ~20 % of the server's CPU
+    at a few thousand packets/s. Here the socket's reader is replaced by one that drains it,
+    with the transport's own error handling. Only on asyncio's selector loop and its datagram
+    transport (uvloop reads in C already); returns whether it was installed.
+    """
+    transport = getattr(protocol, "transport", None)
+    loop = asyncio.get_running_loop()
+    if not isinstance(loop, asyncio.selector_events.BaseSelectorEventLoop) \
+            or type(transport).__name__ != "_SelectorDatagramTransport":
+        return False
+    for attribute in ("_sock", "_sock_fd", "max_size", "_conn_lost", "_fatal_error"):
+        _require(transport, attribute, "datagram reader")
+    sock, fd, size = transport._sock, transport._sock_fd, transport.max_size  # type: ignore[union-attr]
+
+    def read_ready() -> None:
+        for _ in range(READ_BURST):
+            if transport._conn_lost:  # type: ignore[union-attr]
+                return
+            try:
+                data, address = sock.recvfrom(size)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                protocol.error_received(exc)
+                return
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                transport._fatal_error(exc, "Fatal read error on datagram transport")  # type: ignore[union-attr]
+                return
+            protocol.datagram_received(data, address)
+
+    loop._remove_reader(fd)
+    loop._add_reader(fd, read_ready)
+    return True
+
+
+def _media_first(protocol: Any, original: Callable[[bytes, Any], None]) -> Callable[[bytes, Any], None]:
+    """aioice tries to parse every datagram as STUN first; RTP/RTCP (first byte 128-191) never is."""
+    receiver = protocol.receiver
+    component = protocol.local_candidate.component
+
+    def datagram_received(data: bytes, addr: Any) -> None:
+        if not data:
+            return  # aiortc would index data[0] and close the whole transport: one empty datagram ended a call
+        if 127 < data[0] < 192:
+            receiver.data_received(data, component)
+        else:
+            original(data, addr)
+
+    return datagram_received
+
+
+def _fast_data_received(dtls: Any, original: Callable[[bytes, int], None]) -> Callable[[bytes, int], None]:
+    router = dtls._rtp_router
+    extensions = dtls._rtp_header_extensions_map
+
+    def data_received(data: bytes, component: int) -> None:
+        if not data:
+            return  # see _media_first
+        srtp = dtls._rx_srtp
+        if srtp is None or not 127 < data[0] < 192 or dtls._state is not DtlsState.CONNECTED or is_rtcp(data):
+            original(data, component)
+            return
+        try:
+            packet = RtpPacket.parse(srtp.unprotect(data), extensions)
+        except (pylibsrtp.Error, ValueError):
+            return  # aiortc drops these too (replayed, forged or malformed)
+        receiver = router.route_rtp(packet)
+        if receiver is None:
+            return
+        tap = getattr(receiver, "_RTCRtpReceiver__jitter_buffer", None)
+        arrival_ms = int((time.time() + NTP_EPOCH_OFFSET) * 1000)
+        if isinstance(tap, ReceiverTap):
+            tap.handle_rtp(packet, arrival_ms)
+        else:
+            _spawn(receiver._handle_rtp_packet(packet, arrival_time_ms=arrival_ms))
+
+    return data_received
 
 
 def receiver_backlog(receiver: aiortc.RTCRtpReceiver) -> int:
@@ -367,11 +816,11 @@ def round_trip_time(pc: aiortc.RTCPeerConnection) -> float | None:
 async def _query_consent(connection: aioice.ice.Connection) -> None:
     """aioice's consent loop (RFC 7675) with retransmissions; see :data:`CONSENT_RETRANSMISSIONS`.
 
-    Also times each check: :func:`round_trip_time` falls back on it.
+    Also times each check (:func:`consent_rtt`): :func:`round_trip_time` falls back on it.
     """
     assert connection.remote_password is not None
     loop = asyncio.get_running_loop()
-    failures = 0
+    answered_at = loop.time()
     while True:
         await asyncio.sleep(CONSENT_INTERVAL * (0.8 + 0.4 * random.random()))
         for pair in list(connection._nominated.values()):
@@ -384,12 +833,12 @@ async def _query_consent(connection: aioice.ice.Connection) -> None:
                     integrity_key=connection.remote_password.encode("utf8"),
                     retransmissions=CONSENT_RETRANSMISSIONS,
                 )
-                _CONSENT_RTTS[connection] = loop.time() - started
-                failures = 0
+                answered_at = loop.time()
+                _CONSENT_RTTS[connection] = consent_rtt(answered_at - started, _CONSENT_RTTS.get(connection))
             except aioice.stun.TransactionError:
-                failures += 1
-            if failures >= CONSENT_FAILURES:
-                logger.info("ICE consent expired after %d missed checks", failures)
+                pass
+            if loop.time() - answered_at >= CONSENT_EXPIRY:
+                logger.info("ICE consent expired: no answer for %.0f s", loop.time() - answered_at)
                 connection._query_consent_task = None
                 await connection.close()
                 return

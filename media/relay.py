@@ -1,9 +1,17 @@
-"""Per-source forwarding: one :class:`SourceRelay` per participant source, fanning encoded frames out.
+"""Per-source forwarding: one :class:`SourceRelay` per participant source, one :class:`Forward` per subscriber.
 
-A relay outlives the participant's peer connections: each new connection is a new
-*epoch* (recorded as a separate track epoch), while subscribers keep their
-:class:`ForwardTrack` and see continuous, rebased timestamps across the rejoin.
-Every queue is bounded; nothing here decodes or encodes.
+Forwarding is at the RTP level: every packet a publisher sends is, as it arrives, rewritten
+(sequence number, timestamp) and sent to each subscriber through a
+:class:`media.passthrough.SenderLink` — no frame assembly, no queue, no task in between, so
+the server adds no jitter-buffer delay and almost no work per hop. Loss upstream reaches the
+subscriber as a gap it can NACK (the retransmission we obtain upstream is forwarded late
+with the same rewritten number); its PLI/FIR and REMB come back to the relay.
+
+A relay outlives the participant's peer connections: each new connection is a new *epoch*
+(recorded as a separate track epoch), while subscribers keep their :class:`Forward` and see
+continuous sequence numbers and rebased timestamps across the rejoin. Frames (assembled by
+the receiver tap, for the recorder and snapshots) arrive separately through
+:meth:`SourceRelay.on_frame`. Nothing here decodes or encodes.
 """
 
 from __future__ import annotations
@@ -11,18 +19,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from typing import TYPE_CHECKING, Any, Callable
 
-from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
-
-from media import passthrough
 from media.assembler import vp8_dimensions
 from media.bandwidth import DownlinkRate
 from media.sink import EncodedFrame, PacketSink, TrackInfo, TrackWriter
 
 if TYPE_CHECKING:
-    from media.passthrough import ReceiverTap
+    from media.passthrough import ReceiverTap, SenderLink
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +34,7 @@ KEYFRAME_MIN_INTERVAL = 0.5  # seconds between keyframe requests sent upstream f
 GOP_MAX_FRAMES = 600  # frames kept since the last keyframe, for snapshots
 GOP_MAX_BYTES = 8 * 1024 * 1024
 SOURCE_KINDS = {"camera": "video", "screen": "video", "microphone": "audio"}
+OFFSET_HISTORY = 16  # sequence-number offset changes remembered, to place late packets exactly
 
 Emit = Callable[[str, dict], None]
 
@@ -42,84 +47,108 @@ def _now() -> float:
         return time.monotonic()
 
 
-class ForwardTrack(MediaStreamTrack):
-    """The track a subscriber's sender pulls: a source's encoded frames as ``av.Packet``.
+class Forward:
+    """One source forwarded to one subscriber connection, packet by packet.
 
-    Bounded: at most ``maxlen`` frames wait. A subscriber that falls behind loses the
-    whole queue and waits for a keyframe (which is requested upstream) instead of growing
-    memory; nothing is queued before its sender starts pulling.
+    Sequence numbers: the relay numbers its stream continuously across epochs (``rseq``,
+    never wrapping); a forward sends ``rseq + offset``. It starts — and restarts after a new
+    epoch or a dropped packet — only at a key frame, choosing the offset so that what the
+    subscriber sees has no hole where we skipped on purpose (only real losses show as holes,
+    which it may NACK). Offsets are remembered per range, so a late retransmission gets
+    exactly the number its slot was given.
     """
 
-    def __init__(self, relay: "SourceRelay", subscriber: str, maxlen: int, caps_upstream: bool = True,
+    def __init__(self, relay: "SourceRelay", subscriber: str, link: "SenderLink", caps_upstream: bool = True,
                  downlink: DownlinkRate | None = None) -> None:
-        super().__init__()
         self.caps_upstream = caps_upstream
-        # Shared by every track forwarded to the same subscriber connection (its REMB covers them all).
+        # Shared by every stream forwarded to the same subscriber connection (its REMB covers them all).
         self.downlink = downlink if downlink is not None else DownlinkRate()
         self.downlink.kinds.append(relay.kind)
         self.kind = relay.kind
         self.relay = relay
         self.subscriber = subscriber
-        self.maxlen = max(2, maxlen)
-        self._queue: deque[tuple[bytes, int]] = deque()
-        self._waiter: asyncio.Future[None] | None = None
+        self.link = link
         self.need_keyframe = relay.kind == "video"
-        self.started = False
-        self.frames_out = 0
-        self.drops = 0
-        self.queue_max = 0
+        self.closed = False
+        self._offsets: list[tuple[int, int]] = []  # (first rseq, offset), ascending
+        self._floor: int | None = None  # rseq below which nothing is sent (before our (re)start)
+        self._last_out = -1  # highest sequence number sent, unwrapped
+        self._waiting_since: float | None = None
+        self.packets_out = self.frames_out = 0
+        self.drops = 0  # packets not sent: waiting for a key frame, or the socket backlog was full
+        self.keyframe_wait_max = 0.0  # longest wait for a key frame (s)
         self.remb: int | None = None
 
-    def offer(self, data: bytes, timestamp: int, keyframe: bool) -> None:
-        """Queue one frame (called by the relay; never blocks)."""
-        if not self.started or self.readyState != "live":
+    def restart(self) -> None:
+        """A new upstream epoch: video must start again at a key frame."""
+        if self.kind == "video":
+            self.need_keyframe = True
+
+    def _offset_for(self, rseq: int) -> int | None:
+        for first, offset in reversed(self._offsets):
+            if rseq >= first:
+                return offset
+        return None
+
+    def _rebase(self, rseq: int) -> None:
+        """Number ``rseq`` right after the last packet sent."""
+        self._offsets.append((rseq, self._last_out + 1 - rseq))
+        del self._offsets[:-OFFSET_HISTORY]
+        self._floor = rseq if self._floor is None else self._floor
+
+    def packet(self, rseq: int, newest: bool, timestamp: int, marker: int, payload: bytes, keyframe: bool,
+               level: int | None, wall: float, now: float) -> None:
+        """Forward one packet (relay numbering); ``newest``: no packet after it was seen yet."""
+        if self.closed:
             return
-        if self.need_keyframe and not keyframe:
-            self.drops += 1
-            self.relay.request_keyframe(f"{self.subscriber} waits for a keyframe")
-            return
-        self.need_keyframe = False
-        if len(self._queue) >= self.maxlen:
-            if self.kind == "video":
-                self.drops += len(self._queue)
-                self._queue.clear()
-                if not keyframe:
-                    self.need_keyframe = True
+        link = self.link
+        if self.need_keyframe:
+            if not newest or not keyframe or not link.ready:
+                if payload:
                     self.drops += 1
-                    self.relay.request_keyframe(f"{self.subscriber} is too slow")
-                    return
-            else:
-                self._queue.popleft()
-                self.drops += 1
-        self._queue.append((data, timestamp))
-        self.queue_max = max(self.queue_max, len(self._queue))
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
+                if self._waiting_since is None:
+                    self._waiting_since = now
+                if link.ready:
+                    self.relay.request_keyframe(f"{self.subscriber} waits for a key frame")
+                return
+            self.need_keyframe = False
+            if self._waiting_since is not None:
+                self.keyframe_wait_max = max(self.keyframe_wait_max, now - self._waiting_since)
+                self._waiting_since = None
+            self._rebase(rseq)
+            self._floor = rseq
+        elif self._floor is None:  # audio: starts anywhere
+            if not newest or not link.ready:
+                return
+            self._rebase(rseq)
+        if rseq < self._floor:
+            return  # from before our (re)start: that slot was never numbered
+        offset = self._offset_for(rseq)
+        if not payload:
+            # Padding takes no number of ours when it comes next in line: later packets close up.
+            if newest and offset is not None and rseq + offset == self._last_out + 1:
+                self._rebase(rseq + 1)
+            return
+        if offset is None:
+            return
+        out = rseq + offset
+        sent = link.send(out & 0xFFFF, timestamp, marker, payload, wall, level)
+        if sent > 0:
+            if out > self._last_out:
+                self._last_out = out
+            self.packets_out += 1
+            if marker or self.kind == "audio":
+                self.frames_out += 1
+            self.downlink.meter.add(sent, now)
+        elif sent < 0:  # the subscriber's socket is backed up: drop, restart at a key frame
+            self.drops += 1
+            if self.kind == "video" and not self.need_keyframe:
+                self.need_keyframe = True
+                self._waiting_since = now
+                self.relay.request_keyframe(f"{self.subscriber} is backed up")
 
-    @property
-    def queued(self) -> int:
-        return len(self._queue)
-
-    async def recv(self) -> Any:
-        """The next encoded frame as an ``av.Packet`` (pts in the codec clock)."""
-        if not self.started:
-            self.started = True
-            self.relay.request_keyframe(f"{self.subscriber} started")
-        while not self._queue:
-            if self.readyState != "live":
-                raise MediaStreamError
-            self._waiter = asyncio.get_running_loop().create_future()
-            await self._waiter
-        data, timestamp = self._queue.popleft()
-        self.frames_out += 1
-        self.downlink.meter.add(len(data), asyncio.get_running_loop().time())
-        return passthrough.make_packet(data, timestamp, self.relay.clock_rate)
-
-    def stop(self) -> None:
-        super().stop()
-        self._queue.clear()
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
+    def close(self) -> None:
+        self.closed = True
         self.relay.unsubscribe(self)
 
 
@@ -139,16 +168,23 @@ class SourceRelay:
         self._sink = sink
         self._emit = emit
         self._on_first_frame = on_first_frame
-        self.subscribers: set[ForwardTrack] = set()
-        self._remb: dict[ForwardTrack, int] = {}
+        self.subscribers: set[Forward] = set()
+        self._remb: dict[Forward, int] = {}
         self.epoch = -1
         self.tap: ReceiverTap | None = None
         self._epoch_started = False
         self._last_raw = 0
-        self._rel = 0  # timestamp since the epoch's first frame
-        self._out_base = 0
-        self._out_last: int | None = None
-        self._out_last_at = 0.0
+        self._rel = 0  # timestamp since the epoch's first frame (recording)
+        # Packet numbering continuous across epochs (see Forward): this epoch's first extended
+        # sequence number and the relay number it got; the highest extended one seen.
+        self._packets_started = False
+        self._ext_first = self._ext_high = 0
+        self._rseq_base = 0
+        self._rseq_high: int | None = None
+        self._ts_offset = 0
+        self._rts_last: int | None = None
+        self._rts_last_at = 0.0
+        self.packets_in = 0
         self._writer: TrackWriter | None = None
         self._started_at = 0.0
         self.last_frame_at: float | None = None  # loop time
@@ -172,6 +208,9 @@ class SourceRelay:
         self.epoch = epoch
         self.tap = tap
         self._epoch_started = False
+        self._packets_started = False
+        for forward in self.subscribers:
+            forward.restart()
         self._apply_remb()
 
     def detach(self) -> None:
@@ -179,8 +218,42 @@ class SourceRelay:
         self.tap = None
         self._close_writer()
 
+    def on_packet(self, epoch: int, seq: int, timestamp: int, marker: int, payload: bytes, keyframe: bool,
+                  level: int | None, now: float) -> None:
+        """One RTP packet of epoch ``epoch`` as it arrives (older epochs are ignored): forward it."""
+        if epoch != self.epoch:
+            return
+        self.packets_in += 1
+        if not self._packets_started:
+            self._packets_started = True
+            self._ext_first = self._ext_high = seq
+            self._rseq_base = 0 if self._rseq_high is None else self._rseq_high + 1
+            if self._rts_last is not None:
+                # Rebase: continue where the previous epoch ended, plus the wall-clock gap, so
+                # subscribers see neither a jump nor a step back.
+                gap = max(1, int((now - self._rts_last_at) * self.clock_rate))
+                self._ts_offset = (self._rts_last + gap - timestamp) & 0xFFFFFFFF
+            ext, newest = seq, True
+        else:
+            delta = (seq - self._ext_high) & 0xFFFF
+            if delta < 0x8000:
+                ext, newest = self._ext_high + delta, delta > 0
+                self._ext_high = ext
+            else:
+                ext, newest = self._ext_high - (0x10000 - delta), False
+        rseq = self._rseq_base + ext - self._ext_first
+        if rseq < self._rseq_base:
+            return  # from before this epoch's first packet
+        rts = (timestamp + self._ts_offset) & 0xFFFFFFFF
+        if newest:
+            self._rseq_high, self._rts_last, self._rts_last_at = rseq, rts, now
+        if self.subscribers:
+            wall = time.time()
+            for forward in self.subscribers:
+                forward.packet(rseq, newest, rts, marker, payload, keyframe, level, wall, now)
+
     def on_frame(self, epoch: int, data: bytes, timestamp: int, keyframe: bool, now: float) -> None:
-        """A complete encoded frame from epoch ``epoch`` (frames from older epochs are ignored)."""
+        """A complete encoded frame from epoch ``epoch`` (older epochs are ignored): record it, keep the GOP."""
         if epoch != self.epoch:
             return
         if not self._epoch_started:
@@ -190,8 +263,6 @@ class SourceRelay:
             if delta < 0x80000000:
                 self._rel += delta
         self._last_raw = timestamp
-        out = self._out_base + self._rel
-        self._out_last, self._out_last_at = out, now
         self.last_frame_at = now
         self.last_frame_wall = time.time()
         self.frames_in += 1
@@ -202,8 +273,6 @@ class SourceRelay:
             self._rate_bytes, self._rate_since = 0, now
         if self.kind == "video":
             self._keep_gop(data, keyframe)
-        for track in list(self.subscribers):
-            track.offer(data, out, keyframe)
         if self._writer is not None:
             self._write(EncodedFrame(data=data, timestamp=self._rel, keyframe=keyframe,
                                      arrival=self.last_frame_wall))
@@ -211,11 +280,6 @@ class SourceRelay:
     def _start_epoch(self, first_frame: bytes, now: float) -> None:
         self._epoch_started = True
         self._rel = 0
-        if self._out_last is not None:
-            # Rebase: continue where the previous epoch ended, plus the wall-clock gap, so
-            # subscribers see neither a jump nor a step back.
-            gap = max(1, int((now - self._out_last_at) * self.clock_rate))
-            self._out_base = self._out_last + gap
         self._rate_since = now
         self._on_first_frame(self, self.epoch)
         self._open_writer(first_frame)
@@ -301,7 +365,7 @@ class SourceRelay:
                      self.session_id, self.participant, self.source, reason)
         self._spawn(tap.send_pli())
 
-    def set_remb(self, track: ForwardTrack, bitrate: int) -> None:
+    def set_remb(self, track: Forward, bitrate: int) -> None:
         """A subscriber's receiver estimate: it caps the sender only if it signals congestion.
 
         A REMB below what that subscriber is being sent caps the sender (sent upstream at
@@ -343,28 +407,28 @@ class SourceRelay:
                          self.participant, self.source, task.exception())
 
     # -- subscribers -------------------------------------------------------------------
-    def subscribe(self, subscriber: str, maxlen: int, *, caps_upstream: bool = True,
-                  downlink: DownlinkRate | None = None) -> ForwardTrack:
-        """A new forwarding track for ``subscriber`` (silent until this source has frames).
+    def subscribe(self, subscriber: str, link: "SenderLink", *, caps_upstream: bool = True,
+                  downlink: DownlinkRate | None = None) -> Forward:
+        """Forward this source to ``subscriber`` through ``link`` (silent until this source has packets).
 
         ``caps_upstream``: whether this subscriber's bandwidth estimate limits the sender
         (not for a silent monitor, whose weak link must not degrade the call). ``downlink``:
-        the subscriber connection's meter and cap, shared by all the tracks it receives.
+        the subscriber connection's meter and cap, shared by all the streams it receives.
         """
-        track = ForwardTrack(self, subscriber, maxlen, caps_upstream, downlink)
-        self.subscribers.add(track)
-        return track
+        forward = Forward(self, subscriber, link, caps_upstream, downlink)
+        self.subscribers.add(forward)
+        return forward
 
-    def unsubscribe(self, track: ForwardTrack) -> None:
-        self.subscribers.discard(track)
-        if self._remb.pop(track, None) is not None:
+    def unsubscribe(self, forward: Forward) -> None:
+        self.subscribers.discard(forward)
+        if self._remb.pop(forward, None) is not None:
             self._apply_remb()
 
     def close(self) -> None:
         """End of the session: close the recording, stop every forwarding track."""
         self.detach()
-        for track in list(self.subscribers):
-            track.stop()
+        for forward in list(self.subscribers):
+            forward.close()
         for task in self._tasks:
             task.cancel()
 
@@ -381,12 +445,15 @@ class SourceRelay:
             "upstream_estimate_bps": self.tap.upstream_estimate if self.tap else None,
             "remb_limit_bps": self.remb_limit,
             "remb_sent_bps": self.tap.uplink.sent if self.tap else None,
-            "frames_out": sum(t.frames_out for t in self.subscribers),
+            "packets_in": self.packets_in,
+            "frames_out": sum(f.frames_out for f in self.subscribers),
             "subscribers": [
-                {"subscriber": t.subscriber, "frames_out": t.frames_out, "drops": t.drops,
-                 "queued": t.queued, "queue_max": t.queue_max, "queue_limit": t.maxlen,
-                 "remb_bps": t.remb, "sent_bps": t.downlink.meter.rate(_now()),
-                 "cap_bps": self._remb.get(t)}
-                for t in self.subscribers
+                {"subscriber": f.subscriber, "frames_out": f.frames_out, "packets_out": f.packets_out,
+                 "drops": f.drops, "backlog_drops": f.link.backlog_drops, "retransmits": f.link.retransmits,
+                 "waiting_for_keyframe": f.need_keyframe,
+                 "keyframe_wait_max_seconds": round(f.keyframe_wait_max, 3),
+                 "remb_bps": f.remb, "sent_bps": f.downlink.meter.rate(_now()),
+                 "cap_bps": self._remb.get(f)}
+                for f in self.subscribers
             ],
         }

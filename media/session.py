@@ -23,7 +23,7 @@ from cloudhall.settings import MediaSettings
 from media import passthrough
 from media.bandwidth import DownlinkRate, UplinkRate
 from media.offer import AnswerOut, MediaLine, OfferIn, parse_offer
-from media.relay import ForwardTrack, SourceRelay
+from media.relay import Forward, SourceRelay
 from media.sink import PacketSink
 
 logger = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ class _Peer:
     pc: RTCPeerConnection
     lines: list[MediaLine]
     taps: dict[str, passthrough.ReceiverTap] = field(default_factory=dict)
-    tracks: list[ForwardTrack] = field(default_factory=list)
+    forwards: list[Forward] = field(default_factory=list)
     created_at: float = 0.0
     connected: bool = False
     closing: bool = False
@@ -147,22 +147,22 @@ class MediaSession:
                     on_frame=partial(relay.on_frame, peer.epoch),
                     on_picture_loss=partial(relay.request_keyframe, "picture loss"),
                     uplink=uplink,
+                    on_packet=partial(relay.on_packet, peer.epoch),
                 )
             else:
                 relay = self.relay(line.owner, line.source)
-                track = relay.subscribe(peer.participant, self._settings.subscriber_queue_frames,
-                                        caps_upstream=peer.participant != "monitor", downlink=downlink)
-                transceiver.sender.replaceTrack(track)
+                link = passthrough.SenderLink(transceiver, line.kind,
+                                              backlog_limit=self._settings.subscriber_backlog_kb * 1024)
+                forward = relay.subscribe(peer.participant, link, caps_upstream=peer.participant != "monitor",
+                                          downlink=downlink)
+                link.on_keyframe_request = partial(relay.request_keyframe, f"PLI from {peer.participant}")
+                link.on_remb = partial(relay.set_remb, forward)
                 transceiver.direction = "sendonly"
-                passthrough.install_sender_hooks(
-                    transceiver.sender, line.kind,
-                    on_keyframe_request=partial(relay.request_keyframe, f"PLI from {peer.participant}"),
-                    on_remb=partial(relay.set_remb, track),
-                )
-                peer.tracks.append(track)
+                peer.forwards.append(forward)
         pc.on("connectionstatechange", partial(self._on_state, peer))
         answer = await pc.createAnswer()
         await pc.setLocalDescription(answer)
+        passthrough.install_fast_receive(pc)
         return AnswerOut(sdp=pc.localDescription.sdp)
 
     def _on_state(self, peer: _Peer) -> None:
@@ -216,9 +216,9 @@ class MediaSession:
             if relay is not None and relay.epoch == peer.epoch:
                 self._note_last_media(peer.participant, relay)
                 relay.detach()
+        for forward in peer.forwards:
+            forward.close()
         await self._close_pc(peer.pc)
-        for track in peer.tracks:
-            track.stop()
 
     async def _close_pc(self, pc: RTCPeerConnection) -> None:
         try:

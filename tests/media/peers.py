@@ -108,6 +108,19 @@ class Received:
         return sum(1 for a in self.arrivals if a >= since)
 
 
+async def consume(track: MediaStreamTrack, received: Received, clock: Callable[[], float]) -> None:
+    """Decode ``track`` until it ends, noting each frame's arrival (``clock()``), pts and size."""
+    try:
+        while True:
+            frame = await track.recv()
+            received.arrivals.append(clock())
+            received.pts.append(frame.pts)
+            if isinstance(frame, av.VideoFrame):
+                received.sizes.append((frame.width, frame.height))
+    except MediaStreamError:
+        received.ended = True
+
+
 class Client:
     """A browser stand-in: one real aiortc peer connection negotiating through a MediaServer."""
 
@@ -142,16 +155,7 @@ class Client:
                 self._tasks.append(asyncio.ensure_future(self._consume(transceiver.receiver.track, received)))
 
     async def _consume(self, track: MediaStreamTrack, received: Received) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            while True:
-                frame = await track.recv()
-                received.arrivals.append(loop.time())
-                received.pts.append(frame.pts)
-                if isinstance(frame, av.VideoFrame):
-                    received.sizes.append((frame.width, frame.height))
-        except MediaStreamError:
-            received.ended = True
+        await consume(track, received, asyncio.get_running_loop().time)
 
     async def close(self) -> None:
         for task in self._tasks:

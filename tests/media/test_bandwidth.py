@@ -72,3 +72,16 @@ def test_the_uplink_sends_one_value_and_caps_only_on_overuse():
     assert 0.85 * 500_000 <= value <= 0.85 * 560_000
     uplink.limits[camera] = 200_000  # a congested subscriber's cap wins when lower
     assert uplink.value(now) == 200_000
+
+
+def test_our_receivers_estimates_are_paced_but_a_drop_goes_out_at_once():
+    from media.passthrough import ReceiverTap
+
+    tap = ReceiverTap.__new__(ReceiverTap)  # only the pacing state is needed
+    tap._remb_last, tap._remb_at_ms = None, 0
+    assert tap._remb_due(1_000_000, 10_000)
+    # aiortc's estimator while "overusing": a value per packet, barely moving.
+    assert not any(tap._remb_due(1_000_000 - i * 100, 10_000 + i) for i in range(1, 200))
+    assert tap._remb_due(960_000, 10_201)  # -4 %: congestion news goes upstream at once
+    assert not tap._remb_due(990_000, 10_300)
+    assert tap._remb_due(990_000, 10_451)  # 250 ms later: the next regular one

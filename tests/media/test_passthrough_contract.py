@@ -8,6 +8,8 @@ moving the pin in pyproject.toml.
 from __future__ import annotations
 
 import asyncio
+import socket
+import time
 from collections import deque
 
 
@@ -16,7 +18,7 @@ from aiortc import MediaStreamTrack, RTCBundlePolicy, RTCConfiguration, RTCPeerC
 from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, pack_remb_fci
 
 from media import passthrough
-from tests.media.peers import SyntheticVideo, ToneAudio, wait_for
+from tests.media.peers import Received, SyntheticVideo, ToneAudio, consume, wait_for
 
 
 def test_the_hooks_exist_in_the_installed_aiortc():
@@ -29,7 +31,7 @@ def test_a_missing_attribute_is_named():
 
 
 class PacketTrack(MediaStreamTrack):
-    """Replays tapped encoded frames as av.Packets, like media.relay.ForwardTrack."""
+    """Replays tapped encoded frames as av.Packets, as a pre-encoded client does (benchmarks/media_load.py)."""
 
     kind = "video"
 
@@ -125,16 +127,11 @@ async def test_tap_sender_hooks_codecs_and_ice_against_real_peers():
                        lambda: f"sender's target bitrate {a_encoder.target_bitrate}")
 
         # Pre-encoded forwarding: A decodes what B's packer sends; B never built an encoder.
-        back: list[int] = []
-
-        async def consume() -> None:
-            while True:
-                back.append((await a_back.receiver.track.recv()).width)
-
-        consumer = asyncio.ensure_future(consume())
+        back = Received("remote:camera")
+        consumer = asyncio.ensure_future(consume(a_back.receiver.track, back, time.monotonic))
         try:
-            await wait_for(lambda: len(back) > 10, 10, lambda: f"{len(back)} frames decoded at A")
-            assert back[-1] == 320
+            await wait_for(lambda: len(back.sizes) > 10, 10, lambda: f"{len(back.sizes)} frames decoded at A")
+            assert back.sizes[-1] == (320, 240)
             assert hasattr(b_sender, "_RTCRtpSender__rtt"), "RTCRtpSender.__rtt is gone: round_trip_time() is blind"
             assert isinstance(b_sender._RTCRtpSender__encoder, passthrough._Packer), \
                 "RTCRtpSender replaced our packer with a real encoder"
@@ -184,12 +181,135 @@ class _Connection:
         self.closed = True
 
 
-async def test_consent_retransmits_and_expires_after_consecutive_misses(monkeypatch):
+class _SlowPair(_Pair):
+    """A pair whose unanswered checks take ``miss`` seconds (the retransmissions' wait)."""
+
+    def __init__(self, answers: list[bool], miss: float) -> None:
+        super().__init__(answers)
+        self.miss = miss
+        self.answered_at: list[float] = []
+
+    async def request(self, request, addr, integrity_key=None, retransmissions=None):  # type: ignore[no-untyped-def]
+        import aioice.stun
+
+        self.retransmissions.append(retransmissions)
+        if self.answers.pop(0) if self.answers else False:
+            self.answered_at.append(asyncio.get_running_loop().time())
+            return
+        await asyncio.sleep(self.miss)
+        raise aioice.stun.TransactionTimeout()
+
+
+async def test_consent_retransmits_and_expires_when_nothing_was_answered_for_the_expiry(monkeypatch):
     monkeypatch.setattr(passthrough, "CONSENT_INTERVAL", 0.001)
-    pair = _Pair([False] * 5 + [True] + [False] * 6)  # 5 misses, an answer, then 6 misses
+    monkeypatch.setattr(passthrough, "CONSENT_EXPIRY", 0.3)
+    # Misses that last 0.05 s: five (0.25 s) do not expire consent, an answer restarts the clock.
+    pair = _SlowPair([False] * 5 + [True] + [False] * 20, miss=0.05)
     connection = _Connection(pair)
     await asyncio.wait_for(passthrough._query_consent(connection), 5)  # type: ignore[arg-type]
+    closed_at = asyncio.get_running_loop().time()
     assert connection.closed and connection._query_consent_task is None
     assert connection in passthrough._CONSENT_RTTS, "an answered consent check was not timed"
-    assert len(pair.retransmissions) == 12, "one answer must reset the miss count"
+    assert len(pair.retransmissions) > 6, "consent expired before the answer"
+    assert closed_at - pair.answered_at[0] >= 0.3, "consent expired sooner than CONSENT_EXPIRY after the answer"
+    assert len(pair.retransmissions) < 6 + 12, "consent outlived CONSENT_EXPIRY"
     assert set(pair.retransmissions) == {passthrough.CONSENT_RETRANSMISSIONS}
+
+
+def test_a_consent_answer_after_a_retransmission_is_read_as_the_likeliest_round_trip():
+    sends = passthrough.CONSENT_SENDS
+    assert sends == (0.0, 0.5, 1.5)
+    assert passthrough.consent_rtt(0.8, None) == 0.8  # nothing to compare with yet
+    assert passthrough.consent_rtt(0.3, 0.8) == 0.3  # before any retransmission: unambiguous
+    assert passthrough.consent_rtt(0.82, 0.8) == pytest.approx(0.82)  # an 800 ms link, answered to the first copy
+    assert passthrough.consent_rtt(0.62, 0.1) == pytest.approx(0.12)  # first copy lost on a 100 ms link
+    assert passthrough.consent_rtt(1.62, 0.1) == pytest.approx(0.12)  # two copies lost
+
+
+async def test_rtp_level_sending_and_the_synchronous_receive_path_against_real_peers():
+    """The server's own hooks: install_fast_receive, ReceiverTap.on_packet and SenderLink.
+
+    A (plain aiortc) sends a camera to B and receives it back; B forwards each RTP packet as it
+    arrives through a SenderLink, as media.relay does (numbers kept as they come, enough here).
+    """
+    camera = SyntheticVideo(320, 240, 30)
+    a = RTCPeerConnection(config())
+    b = RTCPeerConnection(config())
+    try:
+        a.addTransceiver(camera, direction="sendonly")
+        a_back = a.addTransceiver("video", direction="recvonly")
+        await a.setLocalDescription(await a.createOffer())
+        await b.setRemoteDescription(a.localDescription)
+        up, down = b.getTransceivers()
+        for t in (up, down):
+            passthrough.restrict_codecs(t)
+        up.direction, down.direction = "recvonly", "sendonly"
+        link = passthrough.SenderLink(down, "video")
+        plis: list[int] = []
+        rembs: list[int] = []
+        link.on_keyframe_request = lambda: plis.append(1)
+        link.on_remb = rembs.append
+        sent: list[int] = []
+
+        def on_packet(seq, ts, marker, payload, keyframe, level, now):  # type: ignore[no-untyped-def]
+            if link.send(seq, ts, marker, payload, time.time(), level) > 0:
+                sent.append(seq)
+
+        tap = passthrough.ReceiverTap(up.receiver, "video", lambda *frame: None, lambda: None, on_packet=on_packet)
+        await b.setLocalDescription(await b.createAnswer())
+        assert passthrough.install_fast_receive(b) == 1, "BUNDLE: one ICE connection to patch"
+        protocols = passthrough.ice_connections(b)[0]._protocols
+        assert protocols and all("_media_first" in p.datagram_received.__qualname__ for p in protocols), \
+            "aioice StunProtocol.datagram_received not wrapped (Connection._protocols)"
+        selector = asyncio.get_running_loop()._selector  # type: ignore[attr-defined]
+        readers = [selector.get_key(p.transport._sock_fd).data[0]._callback for p in protocols]
+        assert all("drain_reads" in r.__qualname__ for r in readers), \
+            "asyncio's datagram reader was not replaced (_SelectorDatagramTransport._sock_fd / loop._add_reader)"
+        await a.setRemoteDescription(b.localDescription)
+        assert isinstance(down.sender.track, passthrough._SilentTrack)
+
+        back = Received("remote:camera")
+        consumer = asyncio.ensure_future(consume(a_back.receiver.track, back, time.monotonic))
+        try:
+            # A decodes what B forwarded packet by packet (after asking for the key frame it missed).
+            async def keyframe_on_pli() -> None:
+                while True:
+                    if plis:
+                        plis.clear()
+                        await tap.send_pli()
+                    await asyncio.sleep(0.05)
+
+            relay_pli = asyncio.ensure_future(keyframe_on_pli())
+            try:
+                await wait_for(lambda: len(back.sizes) > 10, 10,
+                               lambda: f"{len(back.sizes)} frames decoded at A, {len(sent)} sent")
+            finally:
+                relay_pli.cancel()
+            assert back.sizes[-1] == (320, 240)
+            assert tap.fast_packets > 0 and tap.fast_packets >= tap.packets - 5, \
+                "RTP did not come through install_fast_receive (aioice Connection.data_received hook)"
+            sender = down.sender
+            assert sender._RTCRtpSender__packet_count == link.packets > 0, "sender-report counters not kept"
+            # A NACK is answered from the link's history (RTCRtpSender._retransmit hook).
+            await a_back.receiver._send_rtcp_nack(sender._ssrc, [sent[-3]])
+            await wait_for(lambda: link.retransmits == 1, 3, lambda: "the NACK was not answered")
+            # REMB from A's receiver reaches on_remb (RTCRtpSender.__encoder.target_bitrate).
+            await wait_for(lambda: rembs, 8, lambda: "no REMB reached the link")
+            # A's receiver reports reach the sender: round trip known (RTCRtpSender.__rtt).
+            await wait_for(lambda: sender._RTCRtpSender__rtt is not None, 8, lambda: "no round trip from A's reports")
+            # Anyone can send B's sockets a datagram: empty or garbage ones end nothing (aiortc alone
+            # indexes data[0] and closes the transport on an empty one).
+            ports = [p.transport.get_extra_info("sockname") for p in protocols]
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as stray:
+                for host, port in (a[:2] for a in ports if len(a) == 2):
+                    for junk in (b"", b"\x80", b"\x90" + b"\x00" * 40, b"\x17\xfe\xfd" + b"\x00" * 20):
+                        stray.sendto(junk, (host, port))
+            decoded = len(back.sizes)
+            await wait_for(lambda: len(back.sizes) > decoded + 10, 5, lambda: "media stopped after stray datagrams")
+            assert b.connectionState == "connected" and up.receiver.transport.state == "connected"
+        finally:
+            consumer.cancel()
+            await asyncio.gather(consumer, return_exceptions=True)
+    finally:
+        await a.close()
+        await b.close()

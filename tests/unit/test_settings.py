@@ -93,3 +93,16 @@ def test_every_setting_is_documented() -> None:
     docs = (root / "docs" / "operations.md").read_text("utf-8")
     missing = sorted(v for v in variables if f"`CLOUDHALL_{v}`" not in docs)
     assert missing == [], f"add these to docs/operations.md: {missing}"
+
+
+def test_an_unknown_or_retired_variable_is_named_in_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING", logger="cloudhall.settings"):
+        settings = Settings.from_env(env(tmp_path, SUBSCRIBER_QUEUE_FRAMES="60", PROT="9000"))
+    assert settings.media.subscriber_backlog_kb == 256  # the retired setting changed nothing
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1
+    assert "CLOUDHALL_PROT" in warnings[0] and "CLOUDHALL_SUBSCRIBER_QUEUE_FRAMES" in warnings[0]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="cloudhall.settings"):
+        Settings.from_env({**env(tmp_path, PORT="9000"), "CLOUDHALL_TEST_REDIS_URL": "redis://x"})
+    assert not caplog.records, "known settings and the test suite's own variables are not warned about"
