@@ -72,6 +72,10 @@ class FrameAssembler:
         self._pending: dict[int, tuple[int, bool, bool, bytes, float]] = {}
         self._next_seq: int | None = None
         self._blocked_since: float | None = None
+        # Where the last incomplete scan of the frame at _next_seq stopped: (start, cursor,
+        # parts, marker). Packets are only added between scans, so the next one resumes here
+        # instead of walking the frame again (an 11-packet screen frame cost 66 steps, not 11).
+        self._scan: tuple[int, int, list[bytes], bool] | None = None
         self.need_keyframe = kind == "video"
         self.frames = 0
         self.dropped_frames = 0  # complete frames dropped while waiting for a keyframe
@@ -121,6 +125,7 @@ class FrameAssembler:
                 if start is None:
                     if len(self._pending) >= self._max_packets:
                         self._pending.clear()
+                        self._scan = None
                     return
                 self._discard_before(start)
                 self._next_seq = start
@@ -149,18 +154,23 @@ class FrameAssembler:
         if first is None or not first[2]:
             return None
         timestamp = first[0]
-        parts = [first[3]]
-        marker = first[1]
-        cursor = seq
+        scan = self._scan
+        if scan is not None and scan[0] == seq:
+            _, cursor, parts, marker = scan
+        else:
+            cursor, parts, marker = seq, [first[3]], first[1]
+        pending = self._pending
         while not marker:
-            nxt = self._pending.get((cursor + 1) & 0xFFFF)
+            nxt = pending.get((cursor + 1) & 0xFFFF)
             if nxt is None:
+                self._scan = (seq, cursor, parts, marker)
                 return None
             if nxt[0] != timestamp:
                 break  # contiguous packets but a new timestamp: the frame ended
             cursor = (cursor + 1) & 0xFFFF
             parts.append(nxt[3])
             marker = nxt[1]
+        self._scan = None
         end = (cursor + 1) & 0xFFFF
         for i in range(((end - seq) & 0xFFFF)):
             self._pending.pop((seq + i) & 0xFFFF, None)
@@ -181,6 +191,7 @@ class FrameAssembler:
         """Give up on the missing packets: resume at the next frame start, then at a keyframe."""
         self.gaps += 1
         self._blocked_since = None
+        self._scan = None
         self.need_keyframe = True
         self._on_picture_loss()
         assert self._next_seq is not None
@@ -208,5 +219,6 @@ class FrameAssembler:
         return best
 
     def _discard_before(self, start: int) -> None:
+        self._scan = None
         for seq in [s for s in self._pending if not seq_newer_or_equal(s, start)]:
             del self._pending[seq]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from media.assembler import FrameAssembler, vp8_dimensions, vp8_is_keyframe
 
 KEY = b"\x10\x02\x00\x9d\x01\x2a\x80\x02\xe0\x01"  # VP8 key frame header, 640x480
@@ -102,3 +105,45 @@ def test_padding_packets_take_sequence_numbers_without_making_a_gap():
     c.frame(4, 6000, [DELTA, b"x"], now=1.0)
     assert [f[1] for f in c.frames] == [3000, 6000]
     assert c.assembler.gaps == 0
+
+
+class _Rescanning(FrameAssembler):
+    """The assembler without its resumed scans: walks each frame from its start on every packet."""
+
+    def _collect(self, seq: int):  # type: ignore[override]
+        self._scan = None
+        return super()._collect(seq)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 12), st.booleans()), min_size=1, max_size=12),
+       st.randoms(use_true_random=False), st.integers(0, 0xFFFF))
+def test_resumed_scans_release_exactly_what_rescanning_releases(frames, rng, first_seq):
+    """Multi-packet frames, reordered within a few packets, some lost, some duplicated, across the seq wrap."""
+    packets = []
+    seq, timestamp = first_seq, 0
+    for index, (size, key) in enumerate(frames):
+        head = KEY if key or index == 0 else DELTA
+        for i in range(size):
+            packets.append(((seq + i) & 0xFFFF, timestamp, i == size - 1, i == 0,
+                            head + bytes([index, i]) if i == 0 else bytes([index, i])))
+        seq, timestamp = seq + size, timestamp + 3000
+    arrivals = []
+    for packet in packets:
+        roll = rng.random()
+        if roll < 0.05:
+            continue  # lost
+        arrivals.append(packet)
+        if roll > 0.95:
+            arrivals.append(packet)  # duplicated (a retransmission that crossed the original)
+    for i in range(len(arrivals) - 1):  # reordered: neighbours swap
+        if rng.random() < 0.2:
+            arrivals[i], arrivals[i + 1] = arrivals[i + 1], arrivals[i]
+    results = []
+    for kind in (FrameAssembler, _Rescanning):
+        got: list = []
+        assembler = kind("video", lambda *frame: got.append(frame[:3]), lambda: None, max_wait=0.05)
+        for n, packet in enumerate(arrivals):
+            assembler.push(*packet, now=n * 0.01)
+        results.append((got, assembler.gaps, assembler.dropped_frames))
+    assert results[0] == results[1]
