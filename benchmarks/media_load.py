@@ -51,19 +51,24 @@ def encode_loops() -> dict[str, list[bytes]]:
     import av
     import numpy as np
 
-    def vp8(width: int, height: int, frames: int, bitrate: int) -> list[bytes]:
+    def vp8(width: int, height: int, frames: int, bitrate: int, fps: int, grain: int) -> list[bytes]:
+        """``frames`` of a moving gradient under moving grain (texture // ``grain``): detailed
+        enough that libvpx spends its ``bitrate``, as a real camera or a page of text does."""
         codec = av.CodecContext.create("libvpx", "w")
         codec.width, codec.height, codec.pix_fmt = width, height, "yuv420p"
         codec.bit_rate = bitrate
         codec.time_base = fractions.Fraction(1, 90000)
+        codec.framerate = fractions.Fraction(fps, 1)
         codec.options = {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0", "kf-max-dist": "100000"}
+        texture = np.random.default_rng(1).integers(0, 256, (height, width + 64), dtype=np.uint8)
         out = []
         for i in range(frames):
             img = np.full((height * 3 // 2, width), 128, dtype=np.uint8)
-            img[:height] = (np.arange(width)[None, :] + i * 8) % 256
+            shift = (i * 3) % 64
+            img[:height] = ((np.arange(width)[None, :] + i * 8) % 256) // 2 + texture[:, shift:shift + width] // grain
             img[(i * 7) % height: (i * 7) % height + 16, :] = 30
             frame = av.VideoFrame.from_ndarray(img, format="yuv420p")
-            frame.pts = i * 3000
+            frame.pts = i * (90000 // fps)
             frame.pict_type = av.video.frame.PictureType.I if i == 0 else av.video.frame.PictureType.NONE
             out += [bytes(p) for p in codec.encode(frame)]
         out += [bytes(p) for p in codec.encode(None)]
@@ -81,7 +86,10 @@ def encode_loops() -> dict[str, list[bytes]]:
             out += [bytes(p) for p in codec.encode(frame)]
         return out[:50]
 
-    return {"camera": vp8(640, 480, 60, 600_000), "screen": vp8(1280, 720, 20, 800_000), "microphone": opus()}
+    # ~1 Mbit/s each: 3.75 packets per camera frame, 10.7 per screen frame; with Opus at 50/s
+    # that is the 432 RTP packets/s into the server per call of the docstring (issue 4).
+    return {"camera": vp8(640, 480, 60, 1_000_000, 30, 4), "screen": vp8(1280, 720, 20, 1_000_000, 10, 6),
+            "microphone": opus()}
 
 
 # --------------------------------------------------------------------------- server side
@@ -529,7 +537,7 @@ def run(mode: str, calls: int, seconds: float, loops: dict[str, list[bytes]], pr
         out = f"{profile}-{mode}-{calls}.txt"
         py_spy = Path(sys.executable).with_name("py-spy")  # the virtualenv's (bench extra), not on PATH
         spy = subprocess.Popen([str(py_spy) if py_spy.exists() else "py-spy", "record", "--pid", str(server.pid), "--duration", str(int(seconds)),
-                                "--rate", "200", "--gil", "--format", "raw", "--output", out, "--nonblocking"],
+                                "--rate", "500", "--gil", "--format", "raw", "--output", out, "--nonblocking"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     start = time.time()
     for control in controls:
