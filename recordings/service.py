@@ -204,6 +204,16 @@ class SessionRecords:
 
         await self._write(work)
 
+    async def answered_among(self, session_ids: Sequence[str]) -> set[str]:
+        """Those of ``session_ids`` whose call was answered (unknown ids are left out)."""
+        if not session_ids:
+            return set()
+        async with self._db.transaction() as session:
+            rows = await session.scalars(
+                select(CallSession.id).where(CallSession.id.in_(list(session_ids)), CallSession.answered_at.is_not(None))
+            )
+            return set(rows)
+
     async def end_open(self, reason: str, event: EventFacts, opened_before: float) -> list[str]:
         """End every session opened before ``opened_before`` that has no end time; return their ids.
 

@@ -159,6 +159,15 @@ class Directory:
             row.updated_at = utcnow()
             return row.to_dict()
 
+    async def calling_callbacks(self) -> list[dict[str, Any]]:
+        """Every request whose outbound call is (still) marked ringing or in progress."""
+        async with self._db.transaction() as session:
+            rows = await session.scalars(
+                select(CallbackRequest).where(CallbackRequest.status == CallbackStatus.CALLING.value)
+                .order_by(CallbackRequest.id)
+            )
+            return [row.to_dict() for row in rows]
+
     async def settle_callback(self, callback_id: int, answered: bool) -> dict[str, Any] | None:
         """After the outbound call: done when it was answered, open again otherwise."""
         async with self._db.transaction() as session:

@@ -29,6 +29,9 @@ class SessionLog(Protocol):
         Each ends with ``reason`` at ``event.at``, and ``event`` is appended to its log.
         """
 
+    async def answered_among(self, session_ids: Sequence[str]) -> set[str]:
+        """Those of ``session_ids`` whose call was answered (unknown ids are left out)."""
+
 
 class Notifier(Protocol):
     """Delivers server events to rooms of connected clients, on every node."""

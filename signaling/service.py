@@ -456,6 +456,8 @@ class CallService:
     async def end_lost_sessions(self) -> list[str]:
         """End, in the session records, every call that is not ended there; return their ids.
 
+        Callback requests still marked "calling" are settled too (their call is gone).
+
         Only for a node starting on the in-memory queue, which is a single node by definition:
         every call still open in the database lived in the previous run's memory and is gone
         with it (killed, or stopped). With Redis the calls outlive a node and other nodes may
@@ -469,6 +471,15 @@ class CallService:
                 "node %s: ended %d session(s) left open by the previous run as %s (node restarted): %s",
                 self.node_id, len(ended), reason.value, ", ".join(ended[:20]) + (" …" if len(ended) > 20 else ""),
             )
+        # Their callback requests stay "calling" otherwise, and nobody could call back again.
+        # Settled as a call's end settles them: done when the call had been answered.
+        stale = await self.directory.calling_callbacks()
+        answered = await self.records.answered_among([row["session_id"] for row in stale if row["session_id"]])
+        for row in stale:
+            await self.directory.settle_callback(row["id"], answered=row["session_id"] in answered)
+        if stale:
+            log.warning("node %s: settled %d callback request(s) whose call was lost with the previous run: %s",
+                        self.node_id, len(stale), ", ".join(str(row["id"]) for row in stale))
         return ended
 
     async def side_gone(self, side: str, sid: str | None) -> None:

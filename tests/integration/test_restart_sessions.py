@@ -21,6 +21,7 @@ import pytest
 from cloudhall.db import Database
 from recordings.eventlog import load_events, verify_chain
 from recordings.models import CallSession
+from signaling.models import CallbackRequest
 from recordings.service import SessionRecords
 from signaling import calls as domain
 from tests.factories import World, build_world
@@ -202,3 +203,40 @@ async def test_two_starts_at_once_end_each_session_once(database: Database) -> N
     finally:
         await first.close()
         await second.close()
+
+
+async def callback_status(db: Database, callback_id: int) -> str:
+    async with db.transaction() as session:
+        row = await session.get(CallbackRequest, callback_id, populate_existing=True)
+        assert row is not None
+        return row.status
+
+
+async def test_memory_node_restart_settles_the_callbacks_whose_call_was_lost(
+    sqlite_database: Database, world: World, tmp_path: Path
+) -> None:
+    """A callback's call lost with the node: answered → done, still ringing → open, and it can be called again."""
+    db = sqlite_database
+    settings = signaling_settings(tmp_path, db.url, reconnect_grace_seconds=120.0)
+    async with running_server(settings, db) as (url, app):
+        async with peers(url, app, "staff1", "staff2", "agent1", "agent2") as (first, second, agent, other_agent):
+            answered_cb = (await first.ok("callback:create", start_payload(world)))["callback"]["id"]
+            ringing_cb = (await second.ok("callback:create", start_payload(world)))["callback"]["id"]
+            call = (await agent.ok("callback:call", {"callback_id": answered_cb}))["call"]
+            await first.wait_call("offered", id=call["id"])
+            await first.ok("call:accept", {"call_id": call["id"]})
+            await agent.wait_call("connecting", id=call["id"])
+            await agent.ok("call:connected", {"call_id": call["id"]})
+            await other_agent.ok("callback:call", {"callback_id": ringing_cb})
+            await second.wait_call("offered")
+            # The node goes away while one callback is in progress and the other rings.
+    assert [await callback_status(db, cb) for cb in (answered_cb, ringing_cb)] == ["calling", "calling"]
+
+    async with running_server(settings, db) as (url, app):
+        assert await callback_status(db, answered_cb) == "done"
+        assert await callback_status(db, ringing_cb) == "open"
+        async with peers(url, app, "staff2", "agent2") as (second, other_agent):
+            listed = [c["id"] for c in (await other_agent.ok("callback:list", {}))["callbacks"]]
+            assert ringing_cb in listed and answered_cb not in listed
+            again = (await other_agent.ok("callback:call", {"callback_id": ringing_cb}))["call"]
+            await second.wait_call("offered", id=again["id"])
