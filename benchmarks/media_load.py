@@ -536,8 +536,9 @@ def run(mode: str, calls: int, seconds: float, loops: dict[str, list[bytes]], pr
 
         out = f"{profile}-{mode}-{calls}.txt"
         py_spy = Path(sys.executable).with_name("py-spy")  # the virtualenv's (bench extra), not on PATH
-        spy = subprocess.Popen([str(py_spy) if py_spy.exists() else "py-spy", "record", "--pid", str(server.pid), "--duration", str(int(seconds)),
-                                "--rate", "500", "--gil", "--format", "raw", "--output", out, "--nonblocking"],
+        spy = subprocess.Popen([str(py_spy) if py_spy.exists() else "py-spy", "record", "--pid", str(server.pid),
+                                "--duration", str(int(seconds)), "--rate", "500", "--gil", "--format", "raw",
+                                "--output", out, "--nonblocking"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     start = time.time()
     for control in controls:
