@@ -159,6 +159,18 @@ async def test_redis_node_restart_leaves_open_sessions_to_the_cluster(
         await clear_prefix(prefix)
 
 
+def queued_call(world: World, outlet: str, staff: str, now: float) -> tuple[Any, list[Any]]:
+    """A new call to the social-security desk, as the domain makes it (not yet stored)."""
+    return domain.new_call(
+        call_id=str(uuid.uuid4()),
+        department_id=world.departments["SOC"].id,
+        outlet_id=world.outlets[outlet].id,
+        staff_user_id=world.users[staff].id,
+        county="东岛县",
+        now=now,
+    )
+
+
 async def test_two_starts_at_once_end_each_session_once(database: Database) -> None:
     """Two nodes ending the same open sessions at the same moment: each gets one call_ended."""
     world = await build_world(database)
@@ -166,14 +178,7 @@ async def test_two_starts_at_once_end_each_session_once(database: Database) -> N
     try:
         opened: list[str] = []
         for n in range(3):
-            call, events = domain.new_call(
-                call_id=str(uuid.uuid4()),
-                department_id=world.departments["SOC"].id,
-                outlet_id=world.outlets["O1"].id,
-                staff_user_id=world.users["staff1"].id,
-                county="东岛县",
-                now=time.time() - 10 + n,
-            )
+            call, events = queued_call(world, "O1", "staff1", time.time() - 10 + n)
             await first.open(call, events, "old-node")
             opened.append(call.id)
         now = time.time()
@@ -188,14 +193,7 @@ async def test_two_starts_at_once_end_each_session_once(database: Database) -> N
             assert found["kinds"] == ["call_queued", "call_ended"], found["kinds"]
             assert found["end_reason"] == "failed" and found["chain_ok"], found
         # A session opened after the cut-off is not touched.
-        late, events = domain.new_call(
-            call_id=str(uuid.uuid4()),
-            department_id=world.departments["SOC"].id,
-            outlet_id=world.outlets["O2"].id,
-            staff_user_id=world.users["staff2"].id,
-            county="东岛县",
-            now=now + 1,
-        )
+        late, events = queued_call(world, "O2", "staff2", now + 1)
         await first.open(late, events, "new-node")
         reason, event = domain.ended_with_node("c", now + 2)
         assert await first.end_open(reason.value, event, opened_before=now) == []
