@@ -94,7 +94,8 @@ class MediaSettings:
     host_addresses: tuple[str, ...] = ()
     allow_loopback: bool = True
     recordings_dir: Path = Path("var/recordings")
-    # Bounded queues: encoded frames held per subscriber before it drops and asks for a keyframe.
+    # Bytes a subscriber's socket may hold back (the kernel refused them) before its packets are
+    # dropped and it restarts at a keyframe: no queue per subscriber grows.
     subscriber_backlog_kb: int = 256
 
 

@@ -47,8 +47,8 @@ class RateMeter:
 
     def add(self, nbytes: int, now: float) -> None:
         index = int(now / METER_BUCKET)
-        if index == self._index:  # the per-packet case: one comparison, one addition
-            self._bytes += nbytes
+        if index <= self._index:  # the per-packet case: one comparison, one addition
+            self._bytes += nbytes  # (a ``now`` read before the last rate() counts as current)
             return
         self._close(index)
         self._bytes = nbytes

@@ -85,3 +85,14 @@ def test_our_receivers_estimates_are_paced_but_a_drop_goes_out_at_once():
     assert tap._remb_due(960_000, 10_201)  # -4 %: congestion news goes upstream at once
     assert not tap._remb_due(990_000, 10_300)
     assert tap._remb_due(990_000, 10_451)  # 250 ms later: the next regular one
+
+
+def test_the_meter_keeps_bytes_counted_with_a_time_read_before_the_last_rate():
+    """A caller's ``now`` may be older than a ``rate()`` read in between: its bytes still count."""
+    meter = RateMeter()
+    meter.add(1000, 10.05)
+    meter.add(1000, 10.25)
+    meter.rate(10.35)
+    meter.add(1000, 10.31)  # read before rate(10.35), in the bucket rate() just opened
+    meter.add(1000, 10.15)  # older still
+    assert meter.rate(10.36) == int(4000 * 8 / (1.0 + 0.06))
