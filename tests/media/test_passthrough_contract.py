@@ -18,6 +18,7 @@ from aiortc import MediaStreamTrack, RTCBundlePolicy, RTCConfiguration, RTCPeerC
 from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, pack_remb_fci
 
 from media import passthrough
+from media.estimator import RemoteBitrateEstimator
 from tests.media.peers import Received, SyntheticVideo, ToneAudio, consume, wait_for
 
 
@@ -288,8 +289,18 @@ async def test_rtp_level_sending_and_the_synchronous_receive_path_against_real_p
             assert back.sizes[-1] == (320, 240)
             assert tap.fast_packets > 0 and tap.fast_packets >= tap.packets - 5, \
                 "RTP did not come through install_fast_receive (aioice Connection.data_received hook)"
+            assert tap.lean_packets >= tap.packets - 5, "the lean parse (ReceiverTap.handle_plain) was not taken"
+            # ...and it kept aiortc's receiver statistics (StreamStatistics.add and NackGenerator.add
+            # read only sequence_number and timestamp of the _SeqProbe it hands them).
+            stream = up.receiver._RTCRtpReceiver__remote_streams[tap.media_ssrc]
+            assert stream.packets_received >= tap.packets - 5 and stream.max_seq is not None and stream.jitter >= 0
+            assert up.receiver._RTCRtpReceiver__nack_generator.max_seq == stream.max_seq
+            assert type(up.receiver._RTCRtpReceiver__remote_bitrate_estimator) is RemoteBitrateEstimator, \
+                "aiortc's estimator was not swapped for media.estimator's (RTCRtpReceiver.__remote_bitrate_estimator)"
             sender = down.sender
             assert sender._RTCRtpSender__packet_count == link.packets > 0, "sender-report counters not kept"
+            assert link._direct is not None, \
+                "SenderLink no longer writes to the socket (asyncio _SelectorDatagramTransport._buffer/_sock/_address)"
             # A NACK is answered from the link's history (RTCRtpSender._retransmit hook).
             await a_back.receiver._send_rtcp_nack(sender._ssrc, [sent[-3]])
             await wait_for(lambda: link.retransmits == 1, 3, lambda: "the NACK was not answered")
