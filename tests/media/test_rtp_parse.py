@@ -153,3 +153,37 @@ def test_vp8_descriptor_length_matches_aiortcs_depayloader(descriptor: bytes, re
                 vp8_payload_offset(payload)
             continue
         assert payload[vp8_payload_offset(payload):] == expected
+
+
+def _header_builder(mid: bytes, abs_id: int | None, level_id: int | None):
+    """A SenderLink's header builder alone, with what _prepare() would have read from negotiation."""
+    from media.passthrough import SenderLink
+
+    link = object.__new__(SenderLink)  # no transceiver needed: _header only reads these
+    link._mid_element = bytes([(MID_ID << 4) | (len(mid) - 1)]) + mid if mid else b""
+    link._abs_id, link._level_id, link._layouts = abs_id, level_id, {}
+    return link._header
+
+
+@settings(max_examples=300, deadline=None)
+@given(mid=st.text(alphabet="0123456789", max_size=3).map(str.encode), with_abs=st.booleans(),
+       with_level=st.booleans(), marker=st.integers(0, 1), pt=st.integers(0, 127),
+       seq=st.integers(0, 0xFFFF), timestamp=st.integers(0, 0xFFFFFFFF), ssrc=st.integers(0, 0xFFFFFFFF),
+       abs_time=st.one_of(st.none(), st.integers(0, 0xFFFFFF)), level=st.one_of(st.none(), st.integers(0, 0xFF)))
+def test_sender_header_is_what_aiortc_parses(mid: bytes, with_abs: bool, with_level: bool, marker: int, pt: int,
+                                             seq: int, timestamp: int, ssrc: int, abs_time: int | None,
+                                             level: int | None) -> None:
+    header = _header_builder(mid, ABS_ID if with_abs else None, LEVEL_ID if with_level else None)
+    payload = b"\x10\x00payload"
+    data = header(pt, seq, timestamp, marker, ssrc, abs_time, level) + payload
+    packet = RtpPacket.parse(data, EXTENSIONS)
+    assert (packet.payload_type, packet.marker, packet.sequence_number, packet.timestamp, packet.ssrc) == \
+        (pt, marker, seq, timestamp, ssrc)
+    assert packet.payload == payload
+    assert packet.extensions.mid == (mid.decode() if mid else None)
+    assert packet.extensions.abs_send_time == (abs_time if with_abs else None)
+    expected_level = (bool(level >> 7), level & 0x7F) if with_level and level is not None else None
+    assert packet.extensions.audio_level == expected_level
+    # and media.rtp's lean parser, on the receiving side, reads the same
+    parsed = parse_rtp(data, ABS_ID, LEVEL_ID)
+    assert parsed is not None and parsed[7] == (abs_time if with_abs else None)
