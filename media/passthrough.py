@@ -756,7 +756,7 @@ class LeanSrtp:
         length[0] = size
         status = function(self._context, self._cdata, length)
         if status:
-            raise pylibsrtp.Error(_SRTP_ERRORS.get(status, f"libsrtp status {status}"))
+            raise pylibsrtp.Error(_SRTP_ERRORS[status] if 0 <= status < len(_SRTP_ERRORS) else f"libsrtp status {status}")
         return buffer[0:length[0]]
 
 

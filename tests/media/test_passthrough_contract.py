@@ -324,3 +324,31 @@ async def test_rtp_level_sending_and_the_synchronous_receive_path_against_real_p
     finally:
         await a.close()
         await b.close()
+
+
+def test_lean_srtp_is_pylibsrtp_without_the_overhead() -> None:
+    """LeanSrtp calls libsrtp on pylibsrtp's own context and buffer (Session._srtp, _cdata, _buffer)."""
+    import os
+
+    import pylibsrtp
+
+    key = os.urandom(30)
+    profile = pylibsrtp.Policy.SRTP_PROFILE_AES128_CM_SHA1_80
+
+    def session(direction: int) -> pylibsrtp.Session:
+        return pylibsrtp.Session(pylibsrtp.Policy(key=key, ssrc_type=direction, srtp_profile=profile))
+
+    stock_tx, stock_rx = session(pylibsrtp.Policy.SSRC_ANY_OUTBOUND), session(pylibsrtp.Policy.SSRC_ANY_INBOUND)
+    lean_tx = passthrough.lean_srtp(session(pylibsrtp.Policy.SSRC_ANY_OUTBOUND))
+    lean_rx = passthrough.lean_srtp(session(pylibsrtp.Policy.SSRC_ANY_INBOUND))
+    for seq in range(5):
+        plain = bytes([0x80, 96, 0, seq]) + b"\0\0\0\1" + b"\x11\x22\x33\x44" + os.urandom(200)
+        protected = lean_tx.protect(plain)
+        assert protected != plain and stock_rx.unprotect(protected) == plain
+        assert lean_rx.unprotect(stock_tx.protect(plain)) == plain
+    with pytest.raises(pylibsrtp.Error):
+        lean_rx.unprotect(protected)  # a replay
+    with pytest.raises(pylibsrtp.Error):
+        lean_rx.unprotect(protected[:-1] + bytes([protected[-1] ^ 1]))  # forged
+    with pytest.raises(pylibsrtp.Error):
+        lean_tx.protect(b"\x80" * 1500)  # no room for the trailer
