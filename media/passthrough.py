@@ -21,8 +21,12 @@ Incoming media (:func:`install_fast_receive`, :class:`ReceiverTap`)
     (aiortc has no public PLI). The receiver's ``__remote_bitrate_estimator`` is swapped for
     :class:`media.estimator.RemoteBitrateEstimator` (the same results, ~3x cheaper per packet);
     after a stream's first packet, :meth:`ReceiverTap.handle_plain` runs these steps on a lean
-    parse (:mod:`media.rtp`), handing aiortc's ``StreamStatistics``/``NackGenerator`` a probe
-    with the two fields they read.
+    parse (:mod:`media.rtp`), and :func:`count_received` updates aiortc's ``StreamStatistics``
+    (``_clockrate``, ``_jitter_q4``, ``_last_arrival``, ``_last_timestamp`` and its public
+    counters) and ``NackGenerator`` (``max_seq``, ``missing``) as their ``add()`` would.
+SRTP (:class:`LeanSrtp`)
+    libsrtp's protect/unprotect on a pylibsrtp ``Session``'s own context and buffer
+    (``_srtp``, ``_cdata``, ``_buffer``; pylibsrtp pinned too).
 Outgoing media (:class:`SenderLink`)
     packets are written, SRTP-protected (``_tx_srtp``), straight to the nominated ICE pair's
     socket; the sender keeps running aiortc's RTCP (its report counters ``__packet_count``,
@@ -69,7 +73,7 @@ from aiortc.codecs.vpx import Vp8Encoder
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcdtlstransport import State as DtlsState
 from aiortc.rtcrtpreceiver import StreamStatistics
-from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, RtpPacket, pack_remb_fci, unpack_remb_fci, unwrap_rtx
+from aiortc.rtp import RTP_HISTORY_SIZE, RTCP_PSFB_APP, RtcpPsfbPacket, RtpPacket, pack_remb_fci, unpack_remb_fci, unwrap_rtx
 
 from media.assembler import FrameAssembler, FrameCallback
 from media.bandwidth import UplinkRate
@@ -162,13 +166,53 @@ class _NoDecoderQueue:
             raise PassthroughIncompatible("aiortc handed a frame to the decoder despite the tap")
 
 
-class _SeqProbe:
-    """What aiortc's ``StreamStatistics.add`` and ``NackGenerator.add`` read of a packet (contract-tested)."""
+def count_received(stream: StreamStatistics, nacks: Any, seq: int, timestamp: int, wall: float) -> bool:
+    """aiortc's ``StreamStatistics.add`` and ``NackGenerator.add`` for one packet, fused; returns "new holes".
 
-    __slots__ = ("sequence_number", "timestamp")
-
-    def __init__(self) -> None:
-        self.sequence_number = self.timestamp = 0
+    The same fields, changed the same way (the contract test compares them with aiortc's own
+    on a real stream), without two packet objects' worth of calls and two ``uint16_gt``
+    calls per step: ~15 calls per packet fewer on the server's hot path. ``wall`` is the
+    arrival time (aiortc reads ``time.time()`` here itself); ``nacks`` may be None.
+    """
+    # StreamStatistics.add
+    max_seq = stream.max_seq
+    stream.packets_received += 1
+    if stream.base_seq is None:
+        stream.base_seq = seq
+    if max_seq is None or (seq != max_seq and (seq - max_seq) & 0xFFFF < 0x8000):  # uint16_gt
+        arrival = int(wall * stream._clockrate)
+        if max_seq is not None and seq < max_seq:
+            stream.cycles += 1 << 16
+        stream.max_seq = seq
+        last_timestamp = stream._last_timestamp
+        if timestamp != last_timestamp and stream.packets_received > 1:
+            diff = abs((arrival - stream._last_arrival) - (timestamp - last_timestamp))
+            stream._jitter_q4 += diff - ((stream._jitter_q4 + 8) >> 4)
+        stream._last_arrival = arrival
+        stream._last_timestamp = timestamp
+    # NackGenerator.add
+    if nacks is None:
+        return False
+    highest = nacks.max_seq
+    if highest is None:
+        nacks.max_seq = seq
+        return False
+    missing = nacks.missing
+    missed = False
+    ahead = (seq - highest) & 0xFFFF
+    if seq != highest and ahead < 0x8000:
+        for step in range(1, ahead):
+            missing.add((highest + step) & 0xFFFF)
+            missed = True
+        nacks.max_seq = seq
+    else:
+        missing.discard(seq)
+    if missing:  # NackGenerator.truncate: forget holes more than RTP_HISTORY_SIZE behind
+        oldest = (nacks.max_seq - RTP_HISTORY_SIZE) & 0xFFFF
+        for hole in list(missing):
+            if hole != oldest and (oldest - hole) & 0xFFFF < 0x8000:
+                missing.discard(hole)
+    return missed
 
 
 class ReceiverTap:
@@ -199,7 +243,6 @@ class ReceiverTap:
         self.fast_packets = 0  # packets that came through install_fast_receive's path
         # (payload type, ssrc, its StreamStatistics, is VP8) of the stream handle_plain may take
         self._lean: tuple[int, int, Any, bool] | None = None
-        self._probe = _SeqProbe()
         self.lean_packets = 0  # of those, packets handle_plain took
         self._remb_last: int | None = None
         self._remb_at_ms = 0
@@ -323,7 +366,7 @@ class ReceiverTap:
             self._lean = (packet.payload_type, packet.ssrc, stream, codec.name == "VP8")
         return lean
 
-    def handle_plain(self, plain: bytes, arrival_ms: int, ids: Any, ssrc_table: dict) -> bool:
+    def handle_plain(self, plain: bytes, wall: float, arrival_ms: int, ids: Any, ssrc_table: dict) -> bool:
         """:meth:`handle_rtp` for a decrypted packet of the stream it last vouched for, parsed lean.
 
         The same steps on the same receiver state, without aiortc's packet object (see
@@ -348,13 +391,10 @@ class ReceiverTap:
         if abs_time is not None:
             estimator = receiver._RTCRtpReceiver__remote_bitrate_estimator  # type: ignore[attr-defined]
             if estimator is not None:
-                self._estimate(estimator.add(abs_send_time=abs_time, arrival_time_ms=arrival_ms,
-                                             payload_size=len(payload) + padding, ssrc=ssrc), arrival_ms)
-        probe = self._probe  # all StreamStatistics.add and NackGenerator.add read of a packet
-        probe.sequence_number, probe.timestamp = seq, timestamp
-        stream.add(probe)
+                # positional: media.estimator's signature (swapped in by handle_rtp, first)
+                self._estimate(estimator.add(arrival_ms, abs_time, len(payload) + padding, ssrc), arrival_ms)
         nacks = receiver._RTCRtpReceiver__nack_generator  # type: ignore[attr-defined]
-        if nacks is not None and nacks.add(probe):
+        if count_received(stream, nacks, seq, timestamp, wall):
             _spawn(receiver._send_rtcp_nack(ssrc, sorted(nacks.missing)))
         if vp8 and payload:
             try:
@@ -906,11 +946,12 @@ def _fast_data_received(dtls: Any, original: Callable[[bytes, int], None]) -> Ca
             plain = unprotect(data)  # type: ignore[misc]
         except pylibsrtp.Error:
             return  # aiortc drops these too (replayed or forged)
-        arrival_ms = int((time.time() + NTP_EPOCH_OFFSET) * 1000)
+        wall = time.time()
+        arrival_ms = int((wall + NTP_EPOCH_OFFSET) * 1000)
         key = plain[8:12]
         tap = lean.get(key)
         if tap is not None:
-            if tap.handle_plain(plain, arrival_ms, ids, ssrc_table):
+            if tap.handle_plain(plain, wall, arrival_ms, ids, ssrc_table):
                 return
             del lean[key]
         try:

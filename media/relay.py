@@ -85,7 +85,10 @@ class Forward:
             self.need_keyframe = True
 
     def _offset_for(self, rseq: int) -> int | None:
-        for first, offset in reversed(self._offsets):
+        offsets = self._offsets
+        if offsets and rseq >= offsets[-1][0]:  # the packet of the current range: nearly every one
+            return offsets[-1][1]
+        for first, offset in reversed(offsets):
             if rseq >= first:
                 return offset
         return None

@@ -14,6 +14,8 @@ from collections import deque
 
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from aiortc import MediaStreamTrack, RTCBundlePolicy, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, pack_remb_fci
 
@@ -290,8 +292,8 @@ async def test_rtp_level_sending_and_the_synchronous_receive_path_against_real_p
             assert tap.fast_packets > 0 and tap.fast_packets >= tap.packets - 5, \
                 "RTP did not come through install_fast_receive (aioice Connection.data_received hook)"
             assert tap.lean_packets >= tap.packets - 5, "the lean parse (ReceiverTap.handle_plain) was not taken"
-            # ...and it kept aiortc's receiver statistics (StreamStatistics.add and NackGenerator.add
-            # read only sequence_number and timestamp of the _SeqProbe it hands them).
+            # ...and it kept aiortc's receiver statistics (the fields StreamStatistics.add and NackGenerator.add
+            # are kept by passthrough.count_received, compared field by field in the test below).
             stream = up.receiver._RTCRtpReceiver__remote_streams[tap.media_ssrc]
             assert stream.packets_received >= tap.packets - 5 and stream.max_seq is not None and stream.jitter >= 0
             assert up.receiver._RTCRtpReceiver__nack_generator.max_seq == stream.max_seq
@@ -352,3 +354,24 @@ def test_lean_srtp_is_pylibsrtp_without_the_overhead() -> None:
         lean_rx.unprotect(protected[:-1] + bytes([protected[-1] ^ 1]))  # forged
     with pytest.raises(pylibsrtp.Error):
         lean_tx.protect(b"\x80" * 1500)  # no room for the trailer
+
+
+@settings(max_examples=200, deadline=None)
+@given(start=st.integers(0, 0xFFFF), steps=st.lists(st.tuples(st.integers(-200, 300), st.integers(0, 6000),
+                                                             st.floats(0.0, 0.05)), max_size=120))
+def test_count_received_is_aiortcs_statistics_and_nack_generator(start: int, steps: list) -> None:
+    """passthrough.count_received changes aiortc's StreamStatistics and NackGenerator as their add() does."""
+    from unittest import mock
+
+    from aiortc.rtcrtpreceiver import NackGenerator, StreamStatistics
+
+    ours, theirs = (StreamStatistics(90000), NackGenerator()), (StreamStatistics(90000), NackGenerator())
+    seq, timestamp, wall = start, 1000, 1_700_000_000.0
+    for jump, advance, elapsed in [(0, 0, 0.0)] + steps:
+        seq, timestamp, wall = (seq + jump) & 0xFFFF, (timestamp + advance) & 0xFFFFFFFF, wall + elapsed
+        missed = passthrough.count_received(ours[0], ours[1], seq, timestamp, wall)
+        packet = mock.Mock(sequence_number=seq, timestamp=timestamp)
+        with mock.patch("aiortc.rtcrtpreceiver.time.time", return_value=wall):
+            theirs[0].add(packet)
+        assert missed == theirs[1].add(packet)
+        assert vars(ours[0]) == vars(theirs[0]) and vars(ours[1]) == vars(theirs[1])
