@@ -25,6 +25,7 @@ import fractions
 import json
 import logging
 import multiprocessing as mp
+import os
 import statistics
 import struct
 import sys
@@ -497,13 +498,21 @@ def _pct(values: list[float], q: float) -> float:
 
 
 def run(mode: str, calls: int, seconds: float, loops: dict[str, list[bytes]], processes: int,
-        use_uvloop: bool = False, profile: str = "") -> dict:
-    """One server process of ``mode`` with ``calls`` concurrent calls; returns the figures."""
+        use_uvloop: bool = False, profile: str = "", pin: bool = False) -> dict:
+    """One server process of ``mode`` with ``calls`` concurrent calls; returns the figures.
+
+    ``pin``: the server alone on the first CPU, the clients (and this process) on the others,
+    so that the server's figures are one core's, not what the scheduler left it.
+    """
     ctx = mp.get_context("spawn")
     port_queue = ctx.Queue()
     record_dir = tempfile.mkdtemp(prefix=f"media-load-{mode}-")
     server = ctx.Process(target=server_main, args=(mode, port_queue, record_dir, use_uvloop), daemon=True)
     server.start()
+    cpus = sorted(os.sched_getaffinity(0))
+    if pin and len(cpus) > 1:
+        os.sched_setaffinity(server.pid, cpus[:1])
+        os.sched_setaffinity(0, cpus[1:])  # the clients inherit it
     port = port_queue.get(timeout=60)
     idle = _get(port, "/probe")
     results = ctx.Queue()
@@ -555,6 +564,8 @@ def run(mode: str, calls: int, seconds: float, loops: dict[str, list[bytes]], pr
     server.join(timeout=60)
     if server.is_alive():
         server.terminate()
+    if pin:
+        os.sched_setaffinity(0, cpus)
     ratios = [r["got"] / r["expected"] for r in reports]
     latency = [x for r in reports for x in r["latency"]]
     return {
@@ -594,6 +605,8 @@ def main() -> None:
     parser.add_argument("--no-record", action="store_true", help="passthrough with a no-op sink instead of the recorder")
     parser.add_argument("--aiortc-receive", action="store_true",
                         help="passthrough with aiortc's own receive path (A/B for media.passthrough.install_fast_receive)")
+    parser.add_argument("--pin", action="store_true",
+                        help="server alone on the first CPU, clients on the others (steadier per-call figures)")
     parser.add_argument("--profile", default="", metavar="PREFIX",
                         help="sample the server with py-spy during each window into PREFIX-<mode>-<K>.txt "
                              "(collapsed stacks; needs py-spy on PATH)")
@@ -608,7 +621,8 @@ def main() -> None:
               f"{'clients cpu':>12}{'loop busy':>10}{'starved':>8}{'us/pkt':>8}{'sys':>6}")
     print(header)
     for mode, calls in plan:
-        row = run(mode, calls, args.seconds, loops, min(args.client_processes, calls), args.uvloop, args.profile)
+        row = run(mode, calls, args.seconds, loops, min(args.client_processes, calls), args.uvloop, args.profile,
+                  args.pin)
         rows.append(row)
         print(f"{row['mode']:<20}{row['calls']:>4}{row['cpu_per_call_pct']:>9.1f}%{row['cpu_total_pct']:>8.0f}%"
               f"{row['rss_per_call_mb']:>8.1f}MB{row['fps_worst_pct']:>9.0f}%{row['fps_mean_pct']:>8.0f}%"
