@@ -857,6 +857,7 @@ def install_fast_receive(pc: aiortc.RTCPeerConnection) -> int:
 
 
 READ_BURST = 64  # datagrams read per wake-up of one socket, at most
+UDP_READ_SIZE = 65536  # bytes: room for the largest UDP datagram
 
 
 def drain_reads(protocol: asyncio.DatagramProtocol,
@@ -876,7 +877,11 @@ def drain_reads(protocol: asyncio.DatagramProtocol,
         return False
     for attribute in ("_sock", "_sock_fd", "max_size", "_conn_lost", "_fatal_error"):
         _require(transport, attribute, "datagram reader")
-    sock, fd, size = transport._sock, transport._sock_fd, transport.max_size  # type: ignore[union-attr]
+    # Read into a 64 KiB buffer, not the transport's max_size (256 KiB): CPython allocates the
+    # whole buffer for every datagram and then shrinks it, and 256 KiB is past malloc's mmap
+    # threshold, so each read cost an mmap, page faults and a munmap — 15 µs instead of 1.4 µs
+    # per packet. No UDP datagram is larger (65,507 bytes of IPv4 payload at most).
+    sock, fd, size = transport._sock, transport._sock_fd, min(transport.max_size, UDP_READ_SIZE)  # type: ignore[union-attr]
     on_media, component = media if media is not None else (None, 0)
 
     def read_ready() -> None:

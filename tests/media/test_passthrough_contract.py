@@ -375,3 +375,33 @@ def test_count_received_is_aiortcs_statistics_and_nack_generator(start: int, ste
             theirs[0].add(packet)
         assert missed == theirs[1].add(packet)
         assert vars(ours[0]) == vars(theirs[0]) and vars(ours[1]) == vars(theirs[1])
+
+
+async def test_drained_socket_reads_whole_datagrams_of_every_size() -> None:
+    """drain_reads reads into 64 KiB (not asyncio's 256 KiB, which cost an mmap per packet) and loses nothing."""
+    loop = asyncio.get_running_loop()
+    got: list[tuple[bytes, object]] = []
+
+    class Protocol(asyncio.DatagramProtocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = transport
+
+        def datagram_received(self, data: bytes, addr: object) -> None:
+            got.append((data, addr))
+
+    transport, protocol = await loop.create_datagram_endpoint(Protocol, local_addr=("127.0.0.1", 0))
+    try:
+        await asyncio.sleep(0)  # the transport registers its own reader first
+        assert passthrough.drain_reads(protocol)
+        sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sender.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+        sizes = [1, 1200, 65507, 70, 65507]  # 65,507: the largest IPv4 UDP payload
+        for size in sizes:
+            sender.sendto(bytes([size & 0xFF]) * size, transport.get_extra_info("sockname"))
+        await wait_for(lambda: len(got) == len(sizes), 3, lambda: f"{len(got)} of {len(sizes)} datagrams read")
+        assert [len(data) for data, _ in got] == sizes
+        assert all(data == bytes([len(data) & 0xFF]) * len(data) for data, _ in got)
+        assert got[0][1][1] == sender.getsockname()[1]  # the sender address comes along
+        sender.close()
+    finally:
+        transport.close()
