@@ -43,7 +43,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.media_load import ROUTES, PassthroughBackend, encode_loops  # noqa: E402
+from benchmarks.media_load import ROUTES, PassthroughBackend, add_loop_senders, encode_loops  # noqa: E402
 
 SESSION = "replay"
 
@@ -65,30 +65,13 @@ class _Capture:
         return getattr(self.session, name)
 
 
-async def _client(backend: PassthroughBackend, participant: str, loops: dict, paused: asyncio.Event) -> Any:
+async def _client(backend: PassthroughBackend, participant: str, loops: dict, running: asyncio.Event) -> Any:
     from aiortc import RTCBundlePolicy, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
-    from media import passthrough
     from media.server import OfferIn
 
-    from benchmarks.media_load import LoopTrack
-
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE))
-    own, wanted = ROUTES[participant]
-    roles = []
-    for source in own:
-        kind = "audio" if source == "microphone" else "video"
-        track = LoopTrack.make(kind, source, loops[source])
-        original_recv = track.recv
-
-        async def recv(original_recv: Any = original_recv) -> Any:
-            await paused.wait()  # set = running
-            return await original_recv()
-
-        track.recv = recv  # type: ignore[method-assign]
-        t = pc.addTransceiver(track, direction="sendonly")
-        passthrough.install_sender_hooks(t.sender, kind, track.keyframe, lambda bitrate: None)
-        roles.append((t, source))
-    for role in wanted:
+    roles = add_loop_senders(pc, participant, loops, running)
+    for role in ROUTES[participant][1]:
         t = pc.addTransceiver("audio" if role.endswith("microphone") else "video", direction="recvonly")
         roles.append((t, role))
     await pc.setLocalDescription(await pc.createOffer())

@@ -321,7 +321,8 @@ class LoopTrack:
     """Factory for a pre-encoded looping track; jumps back to the keyframe on PLI."""
 
     @staticmethod
-    def make(kind: str, source: str, frames: list[bytes]) -> Any:
+    def make(kind: str, source: str, frames: list[bytes], running: asyncio.Event | None = None) -> Any:
+        """``running``: when given, the track sends only while it is set."""
         from aiortc import MediaStreamTrack
 
         from media import passthrough
@@ -340,6 +341,8 @@ class LoopTrack:
                     self.index = 0
 
             async def recv(self) -> Any:
+                if running is not None:
+                    await running.wait()
                 if self.start is None:
                     self.start = time.time()
                 due = self.start + self.sent / RATES[source]
@@ -390,6 +393,21 @@ class Counter:
         return max(0.0, 1 - self.received / expected) if expected > 0 else 0.0
 
 
+def add_loop_senders(pc: Any, participant: str, loops: dict[str, list[bytes]],
+                     running: asyncio.Event | None = None) -> list[tuple[Any, str]]:
+    """The participant's own sources as pre-encoded loop tracks on sendonly transceivers: (transceiver, source)."""
+    from media import passthrough
+
+    roles = []
+    for source in ROUTES[participant][0]:
+        kind = "audio" if source == "microphone" else "video"
+        track = LoopTrack.make(kind, source, loops[source], running)
+        t = pc.addTransceiver(track, direction="sendonly")
+        passthrough.install_sender_hooks(t.sender, kind, track.keyframe, lambda bitrate: None)
+        roles.append((t, source))
+    return roles
+
+
 async def _connect(session: str, participant: str, port: int, loops: dict[str, list[bytes]],
                    counters: dict[str, Counter]) -> Any:
     import aiohttp
@@ -398,15 +416,8 @@ async def _connect(session: str, participant: str, port: int, loops: dict[str, l
     from media import passthrough
 
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE))
-    own, wanted = ROUTES[participant]
-    roles = []
-    for source in own:
-        kind = "audio" if source == "microphone" else "video"
-        track = LoopTrack.make(kind, source, loops[source])
-        t = pc.addTransceiver(track, direction="sendonly")
-        passthrough.install_sender_hooks(t.sender, kind, track.keyframe, lambda bitrate: None)
-        roles.append((t, source))
-    for role in wanted:
+    roles = add_loop_senders(pc, participant, loops)
+    for role in ROUTES[participant][1]:
         kind = "audio" if role.endswith("microphone") else "video"
         t = pc.addTransceiver(kind, direction="recvonly")
         counter = counters.setdefault(role, Counter())
