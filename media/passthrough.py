@@ -611,6 +611,7 @@ class SenderLink:
         self.bytes = 0
         self.retransmits = 0
         self.backlog_drops = 0
+        self.send_errors = 0  # packets SRTP could not protect (too long), dropped
         self._pair: Any = None
         self._address: Any = None
         self._direct: Any = None  # the transport send() writes to the socket of (see _direct_ok)
@@ -685,7 +686,7 @@ class SenderLink:
 
     def send(self, seq: int, timestamp: int, marker: int, payload: bytes, wall: float,
              level: int | None = None) -> int:
-        """Send one packet now; returns the bytes sent, 0 if the link is not up, -1 if dropped (backlog)."""
+        """Send one packet now; returns the bytes sent, 0 if not sent (link not up, too long), -1 if dropped (backlog)."""
         if not self._prepared and not self._prepare():
             return 0
         out = self._socket()
@@ -702,7 +703,15 @@ class SenderLink:
         srtp = self._dtls._tx_srtp
         if srtp is not self._srtp:
             self._srtp, self._protect = srtp, lean_srtp(srtp).protect
-        packet = self._protect(data)  # type: ignore[misc]
+        try:
+            packet = self._protect(data)  # type: ignore[misc]
+        except pylibsrtp.Error as exc:
+            # Too long to protect (a publisher's packet near the MTU plus our extensions):
+            # dropped here, never raised into the receive path that forwards it.
+            self.send_errors += 1
+            if self.send_errors == 1:
+                logger.warning("a %s packet of %d bytes could not be forwarded: %s", self.kind, len(data), exc)
+            return 0
         if direct and not transport._buffer:
             # asyncio's sendto, minus its checks: straight to the socket while nothing waits in
             # the transport's buffer; anything else (would block, an error) goes through it.

@@ -452,7 +452,8 @@ class SourceRelay:
             "frames_out": sum(f.frames_out for f in self.subscribers),
             "subscribers": [
                 {"subscriber": f.subscriber, "frames_out": f.frames_out, "packets_out": f.packets_out,
-                 "drops": f.drops, "backlog_drops": f.link.backlog_drops, "retransmits": f.link.retransmits,
+                 "drops": f.drops, "backlog_drops": f.link.backlog_drops, "send_errors": f.link.send_errors,
+                 "retransmits": f.link.retransmits,
                  "waiting_for_keyframe": f.need_keyframe,
                  "keyframe_wait_max_seconds": round(f.keyframe_wait_max, 3),
                  "remb_bps": f.remb, "sent_bps": f.downlink.meter.rate(_now()),

@@ -301,6 +301,8 @@ async def test_rtp_level_sending_and_the_synchronous_receive_path_against_real_p
                 "aiortc's estimator was not swapped for media.estimator's (RTCRtpReceiver.__remote_bitrate_estimator)"
             sender = down.sender
             assert sender._RTCRtpSender__packet_count == link.packets > 0, "sender-report counters not kept"
+            # A packet too long to protect is dropped and counted, never raised into the receive path.
+            assert link.send((sent[-1] + 1) & 0xFFFF, 0, 0, b"\x10" + b"x" * 1400, time.time()) == 0 and link.send_errors == 1
             assert link._direct is not None, \
                 "SenderLink no longer writes to the socket (asyncio _SelectorDatagramTransport._buffer/_sock/_address)"
             # A NACK is answered from the link's history (RTCRtpSender._retransmit hook).
