@@ -14,7 +14,8 @@ stock server re-encodes, so there it cannot be read).
 
 Prints, per server kind and K: server CPU per call (% of one core), RSS per call, receiver
 frame rate (% of sent, worst route and mean), packet loss, event-loop lag p99, call set-up
-time (agent's offer -> first outlet camera frame at the agent) p50/p95, one-hop latency.
+time (agent's offer -> first outlet camera frame at the agent) p50/p95, one-hop latency,
+and the frames the recorder dropped because its writer fell behind (and still had queued).
 """
 
 from __future__ import annotations
@@ -214,6 +215,10 @@ class PassthroughBackend:
                 counts["server_packets_in"] = counts.get("server_packets_in", 0) + track["packets_in"]
                 counts["server_packets_out"] = counts.get("server_packets_out", 0) + sum(
                     s["packets_out"] for s in track["subscribers"])
+        # Recorded calls must be recorded: frames the recorder dropped (its writer fell behind)
+        # or still holds in its queue.
+        counts["recorder_dropped"] = sum(r.dropped_frames for r in self.recorders)
+        counts["recorder_queued"] = sum(r.queued_frames for r in self.recorders)
         return counts
 
     async def negotiate(self, session: str, participant: str, sdp: str, tracks: dict) -> str:
@@ -594,6 +599,8 @@ def run(mode: str, calls: int, seconds: float, loops: dict[str, list[bytes]], pr
         "server_out_pps_per_call": (after["states"].get("server_packets_out", 0)
                                     - before["states"].get("server_packets_out", 0)) / seconds / calls,
         "client_cpu_pct": 100 * client_cpu / seconds,
+        "recorder_dropped": after["states"].get("recorder_dropped", 0),
+        "recorder_queued": after["states"].get("recorder_queued", 0),
         # Share of the window the event-loop thread was runnable but had no CPU (other load).
         "loop_starved_pct": 100 * (after["loop_waiting"] - before["loop_waiting"]) / seconds,
         "loop_busy_pct": 100 * (after["loop_on_cpu"] - before["loop_on_cpu"]) / seconds,
@@ -629,7 +636,7 @@ def main() -> None:
     plan += [("stock", int(k)) for k in args.baseline_calls.split(",") if k]
     header = (f"{'server':<20}{'K':>4}{'cpu/call':>10}{'cpu tot':>9}{'rss/call':>10}{'fps worst':>10}"
               f"{'fps mean':>9}{'loss':>7}{'lag p99':>9}{'setup p50':>10}{'p95':>7}{'hop p50':>9}{'p95':>8}"
-              f"{'clients cpu':>12}{'loop busy':>10}{'starved':>8}{'us/pkt':>8}{'sys':>6}")
+              f"{'clients cpu':>12}{'loop busy':>10}{'starved':>8}{'us/pkt':>8}{'sys':>6}{'rec drop':>9}{'queued':>7}")
     print(header)
     for mode, calls in plan:
         row = run(mode, calls, args.seconds, loops, min(args.client_processes, calls), args.uvloop, args.profile,
@@ -640,7 +647,7 @@ def main() -> None:
               f"{row['loss_pct']:>6.2f}%{row['lag_p99_ms']:>7.1f}ms{row['setup_p50_s']:>9.2f}s"
               f"{row['setup_p95_s']:>6.2f}s{row['latency_p50_ms']:>7.1f}ms{row['latency_p95_ms']:>6.1f}ms"
               f"{row['client_cpu_pct']:>11.0f}%{row['loop_busy_pct']:>9.0f}%{row['loop_starved_pct']:>7.0f}%"
-              f"{row['us_per_packet']:>8.1f}{row['sys_pct']:>5.0f}%",
+              f"{row['us_per_packet']:>8.1f}{row['sys_pct']:>5.0f}%{row['recorder_dropped']:>9}{row['recorder_queued']:>7}",
               flush=True)
     print(json.dumps(rows, indent=1), file=sys.stderr)
 
