@@ -697,7 +697,6 @@ class SenderLink:
         if (transport._buffer_size if direct else transport.get_write_buffer_size()) > self.backlog_limit:
             self.backlog_drops += 1
             return -1
-        self._history[seq & (SEND_HISTORY - 1)] = (seq, timestamp, marker, payload, level)
         data = self._header(self._pt, seq, timestamp, marker, self._ssrc,
                             abs_send_time(wall) if self._abs_id is not None else None, level) + payload
         srtp = self._dtls._tx_srtp
@@ -712,6 +711,7 @@ class SenderLink:
             if self.send_errors == 1:
                 logger.warning("a %s packet of %d bytes could not be forwarded: %s", self.kind, len(data), exc)
             return 0
+        self._history[seq & (SEND_HISTORY - 1)] = (seq, timestamp, marker, payload, level)
         if direct and not transport._buffer:
             # asyncio's sendto, minus its checks: straight to the socket while nothing waits in
             # the transport's buffer; anything else (would block, an error) goes through it.
