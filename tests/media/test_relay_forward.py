@@ -41,6 +41,7 @@ class LinkFake:
         self.ready = True
         self.backed_up = False
         self.backlog_drops = 0
+        self.send_errors = 0
         self.retransmits = 0
 
     def send(self, seq: int, timestamp: int, marker: int, payload: bytes, wall: float, level: int | None = None) -> int:
