@@ -109,7 +109,6 @@ def _continue(packets: list[bytes], count: int) -> list[bytes]:
 
 
 async def main(count: int, repeat: int, record: bool) -> None:
-
     loops = encode_loops()
     backend = PassthroughBackend(tempfile.mkdtemp(prefix="forward-path-"), record=record)
     running = asyncio.Event()
