@@ -128,6 +128,23 @@ class DownlinkRate:
         return self.cap.current(flowing, self.floor, now, estimate)
 
 
+class StreamFeed:
+    """One received stream's bytes: counted in its own meter and in its connection's total.
+
+    Held by the receiver so that a packet costs no lookup of its stream (the per-packet path).
+    """
+
+    __slots__ = ("meter", "_total")
+
+    def __init__(self, total: RateMeter) -> None:
+        self.meter = RateMeter()
+        self._total = total
+
+    def add(self, nbytes: int, now: float) -> None:
+        self.meter.add(nbytes, now)
+        self._total.add(nbytes, now)
+
+
 class UplinkRate:
     """One publisher connection: the single REMB value the server sends its browser.
 
@@ -147,15 +164,11 @@ class UplinkRate:
         self.limits: dict[Hashable, int | None] = {}  # per stream: the subscribers' cap
         self.sent: int | None = None
 
-    def stream(self, key: Hashable, kind: str) -> RateMeter:
-        """Register one received stream; returns the meter its packets feed."""
-        meter = RateMeter()
-        self._streams[key] = (kind, meter)
-        return meter
-
-    def add(self, key: Hashable, nbytes: int, now: float) -> None:
-        self._streams[key][1].add(nbytes, now)
-        self.total.add(nbytes, now)
+    def stream(self, key: Hashable, kind: str) -> "StreamFeed":
+        """Register one received stream; returns what its packets feed (call ``add`` per packet)."""
+        feed = StreamFeed(self.total)
+        self._streams[key] = (kind, feed.meter)
+        return feed
 
     @property
     def floor(self) -> int:

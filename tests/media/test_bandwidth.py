@@ -56,12 +56,11 @@ def test_congestion_caps_at_once_recovers_and_is_lifted():
 def test_the_uplink_sends_one_value_and_caps_only_on_overuse():
     uplink = UplinkRate()
     camera, screen = object(), object()
-    uplink.stream(camera, "video")
-    uplink.stream(screen, "video")
+    camera_feed, screen_feed = uplink.stream(camera, "video"), uplink.stream(screen, "video")
     now = 0.0
     for _ in range(200):  # camera 500k, a still screen 50k
-        uplink.add(camera, 625, now)
-        uplink.add(screen, 62, now)
+        camera_feed.add(625, now)
+        screen_feed.add(62, now)
         now += 0.01
     # Estimates bounded by each stream's own rate (aiortc's) are not a limit for the connection.
     assert uplink.on_estimate(screen, 85_000, now) == UNCAPPED_BPS

@@ -343,8 +343,8 @@ def test_lean_srtp_is_pylibsrtp_without_the_overhead() -> None:
         return pylibsrtp.Session(pylibsrtp.Policy(key=key, ssrc_type=direction, srtp_profile=profile))
 
     stock_tx, stock_rx = session(pylibsrtp.Policy.SSRC_ANY_OUTBOUND), session(pylibsrtp.Policy.SSRC_ANY_INBOUND)
-    lean_tx = passthrough.lean_srtp(session(pylibsrtp.Policy.SSRC_ANY_OUTBOUND))
-    lean_rx = passthrough.lean_srtp(session(pylibsrtp.Policy.SSRC_ANY_INBOUND))
+    lean_tx = passthrough.LeanSrtp(session(pylibsrtp.Policy.SSRC_ANY_OUTBOUND))
+    lean_rx = passthrough.LeanSrtp(session(pylibsrtp.Policy.SSRC_ANY_INBOUND))
     for seq in range(5):
         plain = bytes([0x80, 96, 0, seq]) + b"\0\0\0\1" + b"\x11\x22\x33\x44" + os.urandom(200)
         protected = lean_tx.protect(plain)
