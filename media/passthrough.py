@@ -326,9 +326,8 @@ class ReceiverTap:
             # The same estimator, ~3x cheaper per packet (media/estimator.py); swapped before it sees one.
             estimator = receiver._RTCRtpReceiver__remote_bitrate_estimator = RemoteBitrateEstimator()  # type: ignore[attr-defined]
         if estimator is not None and packet.extensions.abs_send_time is not None:
-            self._estimate(estimator.add(abs_send_time=packet.extensions.abs_send_time, arrival_time_ms=arrival_ms,
-                                         payload_size=len(packet.payload) + packet.padding_size, ssrc=packet.ssrc),
-                           arrival_ms)
+            self._estimate(estimator, packet.extensions.abs_send_time, arrival_ms,
+                           len(packet.payload) + packet.padding_size, packet.ssrc)
         codecs = receiver._RTCRtpReceiver__codecs  # type: ignore[attr-defined]
         codec = codecs.get(packet.payload_type)
         if codec is None:
@@ -388,8 +387,7 @@ class ReceiverTap:
         if abs_time is not None:
             estimator = receiver._RTCRtpReceiver__remote_bitrate_estimator  # type: ignore[attr-defined]
             if estimator is not None:
-                # positional: media.estimator's signature (swapped in by handle_rtp, first)
-                self._estimate(estimator.add(arrival_ms, abs_time, len(payload) + padding, ssrc), arrival_ms)
+                self._estimate(estimator, abs_time, arrival_ms, len(payload) + padding, ssrc)
         nacks = receiver._RTCRtpReceiver__nack_generator  # type: ignore[attr-defined]
         if count_received(stream, nacks, seq, timestamp, wall):
             _spawn(receiver._send_rtcp_nack(ssrc, sorted(nacks.missing)))
@@ -405,8 +403,22 @@ class ReceiverTap:
         self._deliver(ssrc, seq, timestamp, marker, payload, padding, data, level)
         return True
 
-    def _estimate(self, remb: tuple[int, list[int]] | None, arrival_ms: int) -> None:
-        """What the receiver's bandwidth estimator returned for a packet: a REMB, when one is due."""
+    def _estimate(self, estimator: RemoteBitrateEstimator, abs_time: int, arrival_ms: int, size: int,
+                  ssrc: int) -> None:
+        """Feed one packet to the receiver's bandwidth estimator; send a REMB when one is due.
+
+        The estimator keeps aiortc's arithmetic, and with it aiortc's one failure: a publisher
+        that backs off to nothing and then sends empty payloads makes its next increase divide
+        by zero. Raised here, that would drop the packet for every subscriber and the recording
+        (and again on every packet after it); instead the estimator starts afresh.
+        """
+        try:
+            # positional: media.estimator's signature (handle_rtp swapped it in, first)
+            remb = estimator.add(arrival_ms, abs_time, size, ssrc)
+        except ArithmeticError as exc:
+            logger.warning("bandwidth estimate of stream %d failed (%r): estimator restarted", ssrc, exc)
+            self._receiver._RTCRtpReceiver__remote_bitrate_estimator = RemoteBitrateEstimator()  # type: ignore[attr-defined]
+            return
         if remb is None:
             return
         rtcp_ssrc = self._receiver._RTCRtpReceiver__rtcp_ssrc  # type: ignore[attr-defined]

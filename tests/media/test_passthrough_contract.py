@@ -299,6 +299,16 @@ async def test_rtp_level_sending_and_the_synchronous_receive_path_against_real_p
             assert up.receiver._RTCRtpReceiver__nack_generator.max_seq == stream.max_seq
             assert type(up.receiver._RTCRtpReceiver__remote_bitrate_estimator) is RemoteBitrateEstimator, \
                 "aiortc's estimator was not swapped for media.estimator's (RTCRtpReceiver.__remote_bitrate_estimator)"
+            # An estimator failure (aiortc's divide by zero, reproduced) restarts the estimator
+            # and never stops the packets behind it.
+            class Failing(RemoteBitrateEstimator):
+                def add(self, *args: object) -> None:
+                    raise ZeroDivisionError("float division by zero")
+
+            up.receiver._RTCRtpReceiver__remote_bitrate_estimator = Failing()
+            before = tap.packets
+            await wait_for(lambda: tap.packets > before + 10, 5, lambda: f"{tap.packets - before} packets since")
+            assert type(up.receiver._RTCRtpReceiver__remote_bitrate_estimator) is RemoteBitrateEstimator
             sender = down.sender
             assert sender._RTCRtpSender__packet_count == link.packets > 0, "sender-report counters not kept"
             # A packet too long to protect is dropped and counted, never raised into the receive path.
