@@ -6,9 +6,10 @@ Each call: outlet camera 640x480@30 + screen 1280x720@10 + Opus, agent camera 64
 (432 RTP packets/s into the server). The server runs in its own process (one core's worth:
 one asyncio loop) and is either ``passthrough`` (media.MediaServer + recordings'
 SessionRecorder) or ``stock`` (aiortc MediaRelay forwarding + MediaRecorder per track, the
-baseline). Clients run in separate processes and send *pre-encoded* VP8/Opus loops (encoded
-once at start, keyframe at the loop start and on PLI) and count frames with the passthrough
-tap instead of decoding, so that a 2-core machine can drive many calls; a trailer with the
+baseline). Clients run in separate processes and send *pre-encoded*, pre-packetized VP8/Opus
+loops (encoded once at start, keyframe at the loop start and on PLI; :class:`PacedLoop`,
+straight to the socket through ``media.passthrough.SenderLink``) and count frames with the
+passthrough tap instead of decoding, so that a 2-core machine can drive many calls; a trailer with the
 send time on every video frame gives the one-hop latency (client -> server -> client; the
 stock server re-encodes, so there it cannot be read).
 
@@ -16,6 +17,9 @@ Prints, per server kind and K: server CPU per call (% of one core), RSS per call
 frame rate (% of sent, worst route and mean), packet loss, event-loop lag p99, call set-up
 time (agent's offer -> first outlet camera frame at the agent) p50/p95, one-hop latency,
 and the frames the recorder dropped because its writer fell behind (and still had queued).
+The JSON on stderr adds the datagrams the kernel dropped at the server's and the clients'
+full receive buffers (``server_rcvbuf_drops``, ``client_rcvbuf_drops``), and names the routes
+that fell short.
 """
 
 from __future__ import annotations
@@ -212,7 +216,12 @@ class PassthroughBackend:
                     counts[key] = counts.get(key, 0) + track[key]
                 counts["subscriber_drops"] = counts.get("subscriber_drops", 0) + sum(
                     s["drops"] for s in track["subscribers"])
+                counts["backlog_drops"] = counts.get("backlog_drops", 0) + sum(
+                    s["backlog_drops"] for s in track["subscribers"])
                 counts["server_packets_in"] = counts.get("server_packets_in", 0) + track["packets_in"]
+                for key in ("frames_in", "frames_out", "packets_in"):  # per source, e.g. screen_frames_in
+                    name = f"{track['source']}_{key}"
+                    counts[name] = counts.get(name, 0) + track[key]
                 counts["server_packets_out"] = counts.get("server_packets_out", 0) + sum(
                     s["packets_out"] for s in track["subscribers"])
         # Recorded calls must be recorded: frames the recorder dropped (its writer fell behind)
@@ -413,15 +422,96 @@ def add_loop_senders(pc: Any, participant: str, loops: dict[str, list[bytes]],
     return roles
 
 
+VP8_CHUNK = 1296  # aiortc's packetizer: 1300-byte payloads, 4 of them its payload descriptor
+
+
+class PacedLoop:
+    """A load client's source: pre-encoded, pre-packetized frames sent on time through a SenderLink.
+
+    The load clients must cost far less than the server they load (both share a 2-core
+    machine), and aiortc's own sender path (a task per track, packetizing and an RTP packet
+    object per packet) cost them more CPU than the server spent forwarding and recording.
+    Here each frame's packets go out from one timer callback, with the same RTP the browser
+    sends: VP8 payload descriptors with a 15-bit picture id, marker on a frame's last packet,
+    abs-send-time for the server's estimator; the server's NACKs are answered from the
+    link's history and its PLIs restart the loop at its key frame.
+    """
+
+    def __init__(self, transceiver: Any, source: str, frames: list[bytes]) -> None:
+        import random
+
+        from media import passthrough
+
+        self.source = source
+        self.video = source != "microphone"
+        self.link = passthrough.SenderLink(transceiver, "video" if self.video else "audio")
+        self.link.on_keyframe_request = self.keyframe
+        # frames as lists of VP8 chunks (the codec data of each packet); Opus: one per frame
+        self.frames = [[f[i:i + VP8_CHUNK] for i in range(0, len(f), VP8_CHUNK)] if self.video else [f]
+                       for f in frames]
+        self.step = (90000 if self.video else 48000) // RATES[source]
+        self.index = 0
+        self.sent = 0
+        self.seq = random.randint(0, 0xFFFF)
+        self.timestamp = random.randint(0, 0xFFFFFFFF)
+        self.picture_id = random.randint(0, 0x7FFF)
+        self.start: float | None = None
+        self.handle: asyncio.TimerHandle | None = None
+
+    def keyframe(self) -> None:
+        if self.video:
+            self.index = 0
+
+    def begin(self) -> None:
+        self.handle = asyncio.get_running_loop().call_soon(self._tick)
+
+    def stop(self) -> None:
+        if self.handle is not None:
+            self.handle.cancel()
+
+    def _tick(self) -> None:
+        loop = asyncio.get_running_loop()
+        if not self.link.ready:
+            self.handle = loop.call_later(0.02, self._tick)
+            return
+        if self.start is None:
+            self.start = loop.time()
+        wall = time.time()
+        chunks = self.frames[self.index]
+        self.index = (self.index + 1) % len(self.frames)
+        timestamp = (self.timestamp + self.sent * self.step) & 0xFFFFFFFF
+        send = self.link.send
+        if self.video:
+            descriptor = struct.pack("!H", 0x8000 | self.picture_id)
+            self.picture_id = (self.picture_id + 1) & 0x7FFF
+            last = len(chunks) - 1
+            for i, chunk in enumerate(chunks):
+                payload = (b"\x90\x80" if i == 0 else b"\x80\x80") + descriptor + chunk
+                if i == last:  # the send time, for the one-hop latency
+                    payload += struct.pack("!d", wall) + MAGIC
+                send(self.seq, timestamp, int(i == last), payload, wall)
+                self.seq = (self.seq + 1) & 0xFFFF
+        else:
+            send(self.seq, timestamp, 0, chunks[0], wall)
+            self.seq = (self.seq + 1) & 0xFFFF
+        self.sent += 1
+        self.handle = loop.call_at(self.start + self.sent / RATES[self.source], self._tick)
+
+
 async def _connect(session: str, participant: str, port: int, loops: dict[str, list[bytes]],
-                   counters: dict[str, Counter]) -> Any:
+                   counters: dict[str, Counter]) -> tuple[Any, list[PacedLoop]]:
     import aiohttp
     from aiortc import RTCBundlePolicy, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
     from media import passthrough
 
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE))
-    roles = add_loop_senders(pc, participant, loops)
+    roles = []
+    sources = []
+    for source in ROUTES[participant][0]:
+        t = pc.addTransceiver("audio" if source == "microphone" else "video", direction="sendonly")
+        sources.append(PacedLoop(t, source, loops[source]))
+        roles.append((t, source))
     for role in ROUTES[participant][1]:
         kind = "audio" if role.endswith("microphone") else "video"
         t = pc.addTransceiver(kind, direction="recvonly")
@@ -448,18 +538,25 @@ async def _connect(session: str, participant: str, port: int, loops: dict[str, l
             response.raise_for_status()
             answer = await response.json()
     await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
-    return pc
+    for paced in sources:
+        paced.begin()
+    return pc, sources
 
 
 async def _clients(calls: list[str], port: int, loops: dict[str, list[bytes]], results: Any, control: Any) -> None:
     counters: dict[str, dict[str, dict[str, Counter]]] = {}
     pcs = []
+    paced: list[PacedLoop] = []
     setup: list[float] = []
     for session in calls:
         counters[session] = {"outlet": {}, "agent": {}}
-        pcs.append(await _connect(session, "outlet", port, loops, counters[session]["outlet"]))
+        pc, sources = await _connect(session, "outlet", port, loops, counters[session]["outlet"])
+        pcs.append(pc)
+        paced += sources
         started = time.time()
-        pcs.append(await _connect(session, "agent", port, loops, counters[session]["agent"]))
+        pc, sources = await _connect(session, "agent", port, loops, counters[session]["agent"])
+        pcs.append(pc)
+        paced += sources
         camera = counters[session]["agent"]["remote:camera"]
         deadline = time.time() + 20
         while not camera.arrivals and time.time() < deadline:
@@ -469,8 +566,7 @@ async def _clients(calls: list[str], port: int, loops: dict[str, list[bytes]], r
     loop = asyncio.get_running_loop()
 
     def packets() -> int:  # RTP packets these clients sent to the server and got from it, so far
-        sent = sum(t.sender._RTCRtpSender__packet_count for pc in pcs for t in pc.getTransceivers()
-                   if t.direction == "sendonly")
+        sent = sum(p.link.packets for p in paced)
         return sent + sum(c.received for parts in counters.values() for routes in parts.values()
                           for c in routes.values())
 
@@ -493,6 +589,8 @@ async def _clients(calls: list[str], port: int, loops: dict[str, list[bytes]], r
                                "loss": counter.loss, "latency": lat})
     report[0]["packets"] = window_packets
     results.put(("report", report))
+    for source in paced:
+        source.stop()
     for pc in pcs:
         await pc.close()
 
@@ -504,6 +602,34 @@ def _get(port: int, path: str, method: str = "GET") -> dict:
     request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method, data=b"" if method == "POST" else None)
     with urllib.request.urlopen(request, timeout=60) as response:
         return json.loads(response.read())
+
+
+def udp_drops(pids: list[int]) -> int:
+    """Datagrams the kernel dropped because these processes' UDP sockets' receive buffers were full."""
+    inodes = set()
+    for pid in pids:
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                try:
+                    link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                except OSError:
+                    continue
+                if link.startswith("socket:["):
+                    inodes.add(link[8:-1])
+        except OSError:
+            continue
+    drops = 0
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            with open(table) as lines:
+                next(lines)
+                for line in lines:
+                    fields = line.split()
+                    if fields[9] in inodes:
+                        drops += int(fields[-1])
+        except OSError:
+            continue
+    return drops
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -552,22 +678,25 @@ def run(mode: str, calls: int, seconds: float, loops: dict[str, list[bytes]], pr
     client_procs = [psutil.Process(p.pid) for p in clients]
     client_cpu0 = sum(sum(p.cpu_times()[:2]) for p in client_procs)
     before = _get(port, "/probe")
-    spy = None
-    if profile:  # py-spy samples the server for the window (collapsed stacks, flamegraph input)
+    drops0 = udp_drops([server.pid]), udp_drops([p.pid for p in clients])
+    spies: list[Any] = []
+    if profile:  # py-spy samples the server (and the first client process) for the window (collapsed stacks, flamegraph input)
         import subprocess
 
         out = f"{profile}-{mode}-{calls}.txt"
         py_spy = Path(sys.executable).with_name("py-spy")  # the virtualenv's (bench extra), not on PATH
-        spy = subprocess.Popen([str(py_spy) if py_spy.exists() else "py-spy", "record", "--pid", str(server.pid),
-                                "--duration", str(int(seconds)), "--rate", "500", "--gil", "--format", "raw",
-                                "--output", out, "--nonblocking"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        spies = [subprocess.Popen([str(py_spy) if py_spy.exists() else "py-spy", "record", "--pid", str(pid),
+                                   "--duration", str(int(seconds)), "--rate", "500", "--gil", "--format", "raw",
+                                   "--output", name, "--nonblocking"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                 for pid, name in ((server.pid, out), (clients[0].pid, out.replace(".txt", "-client.txt")))]
     start = time.time()
     for control in controls:
         control.put((start, start + seconds))
     time.sleep(seconds)
     after = _get(port, "/probe")
-    if spy is not None:
+    drops1 = udp_drops([server.pid]), udp_drops([p.pid for p in clients])
+    for spy in spies:
         spy.wait(timeout=60)
     client_cpu = sum(sum(p.cpu_times()[:2]) for p in client_procs) - client_cpu0
     reports: list[dict] = []
@@ -582,6 +711,10 @@ def run(mode: str, calls: int, seconds: float, loops: dict[str, list[bytes]], pr
         server.terminate()
     if pin:
         os.sched_setaffinity(0, cpus)
+    for r in reports:  # which routes fell short, on stderr
+        if r["loss"] > 0.01 or r["got"] < 0.9 * r["expected"]:
+            print(f"K={calls} route {r['route']}: {r['got']} of {r['expected']:.0f} frames, loss {100 * r['loss']:.1f} %",
+                  file=sys.stderr)
     ratios = [r["got"] / r["expected"] for r in reports]
     latency = [x for r in reports for x in r["latency"]]
     return {
@@ -599,6 +732,8 @@ def run(mode: str, calls: int, seconds: float, loops: dict[str, list[bytes]], pr
         "server_out_pps_per_call": (after["states"].get("server_packets_out", 0)
                                     - before["states"].get("server_packets_out", 0)) / seconds / calls,
         "client_cpu_pct": 100 * client_cpu / seconds,
+        # Datagrams the kernel dropped in the window because a receive buffer was full.
+        "server_rcvbuf_drops": drops1[0] - drops0[0], "client_rcvbuf_drops": drops1[1] - drops0[1],
         "recorder_dropped": after["states"].get("recorder_dropped", 0),
         "recorder_queued": after["states"].get("recorder_queued", 0),
         # Share of the window the event-loop thread was runnable but had no CPU (other load).

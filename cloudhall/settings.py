@@ -97,6 +97,10 @@ class MediaSettings:
     # Bytes a subscriber's socket may hold back (the kernel refused them) before its packets are
     # dropped and it restarts at a keyframe: no queue per subscriber grows.
     subscriber_backlog_kb: int = 256
+    # Kernel receive buffer of each media socket (SO_RCVBUF): datagrams that arrive while the
+    # event loop is busy wait there; when it is full the kernel drops them. Linux caps it at
+    # net.core.rmem_max (docs/operations.md).
+    udp_receive_buffer_kb: int = 1024
 
 
 @dataclass(frozen=True)
@@ -280,6 +284,7 @@ class _EnvReader:
             allow_loopback=self.get("MEDIA_ALLOW_LOOPBACK", _parse_bool, True),
             recordings_dir=Path(self.get("RECORDINGS_DIR", str, str(data_dir / "recordings"))),
             subscriber_backlog_kb=self.get("SUBSCRIBER_BACKLOG_KB", _positive(int), 256),
+            udp_receive_buffer_kb=self.get("UDP_RECEIVE_BUFFER_KB", _positive(int), 1024),
         )
         return Settings(
             http=http,

@@ -52,7 +52,9 @@ import asyncio.selector_events
 import functools
 import logging
 import random
+import socket
 import struct
+import sys
 import time
 import weakref
 from fractions import Fraction
@@ -829,7 +831,7 @@ def _spawn(coro: Any) -> None:
     task.add_done_callback(_TASKS.discard)
 
 
-def install_fast_receive(pc: aiortc.RTCPeerConnection) -> int:
+def install_fast_receive(pc: aiortc.RTCPeerConnection, receive_buffer: int = 0) -> int:
     """Handle incoming SRTP media synchronously, as the datagram arrives; returns the transports patched.
 
     aiortc passes every datagram through aioice's queue to a per-transport task that awaits
@@ -841,6 +843,9 @@ def install_fast_receive(pc: aiortc.RTCPeerConnection) -> int:
     packets before the handshake ends or for a receiver without a tap — takes aiortc's own path.
     Call it after ``setLocalDescription`` (the sockets exist once candidates are gathered):
     their RTP and RTCP then skip aioice's attempt to parse every datagram as STUN.
+
+    ``receive_buffer`` (bytes, 0: the system default) sizes each socket's kernel receive
+    buffer: what arrives while the loop is busy waits there instead of being dropped.
     """
     patched = 0
     seen: set[int] = set()
@@ -857,10 +862,45 @@ def install_fast_receive(pc: aiortc.RTCPeerConnection) -> int:
         _require(connection, "_protocols", "fast receive path")
         connection.data_received = _fast_data_received(dtls, connection.data_received)
         for protocol in connection._protocols:
+            if receive_buffer:
+                set_receive_buffer(protocol, receive_buffer)
             protocol.datagram_received = _media_first(protocol, protocol.datagram_received)
             drain_reads(protocol, media=(connection.data_received, protocol.local_candidate.component))
         patched += 1
     return patched
+
+
+_short_buffer_warned = False
+
+
+def set_receive_buffer(protocol: asyncio.DatagramProtocol, size: int) -> int:
+    """Ask for a kernel receive buffer of ``size`` bytes on the protocol's socket; returns what it got.
+
+    The default (net.core.rmem_default, 208 KiB here) holds ~90 full-size datagrams: one
+    participant's media for ~0.3 s, less in a burst of screen-share packets, so that a loop
+    busy for tens of milliseconds with 30 calls lost datagrams in the kernel (measured with
+    ``benchmarks/media_load.py``: a few hundred a second at K=24). Linux caps the request at
+    net.core.rmem_max and reports twice what it keeps (its bookkeeping): the warning, logged
+    once, says when the cap cut it.
+    """
+    global _short_buffer_warned
+    transport = getattr(protocol, "transport", None)
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None:
+        return 0
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+        got = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    except OSError as exc:
+        logger.warning("could not size a media socket's receive buffer: %s", exc)
+        return 0
+    if sys.platform.startswith("linux"):
+        got //= 2
+    if got < size and not _short_buffer_warned:
+        _short_buffer_warned = True
+        logger.warning("media sockets get a %d KiB receive buffer, not the %d KiB asked for: raise "
+                       "net.core.rmem_max (docs/operations.md)", got // 1024, size // 1024)
+    return got
 
 
 READ_BURST = 64  # datagrams read per wake-up of one socket, at most

@@ -162,7 +162,7 @@ class MediaSession:
         pc.on("connectionstatechange", partial(self._on_state, peer))
         answer = await pc.createAnswer()
         await pc.setLocalDescription(answer)
-        passthrough.install_fast_receive(pc)
+        passthrough.install_fast_receive(pc, receive_buffer=self._settings.udp_receive_buffer_kb * 1024)
         return AnswerOut(sdp=pc.localDescription.sdp)
 
     def _on_state(self, peer: _Peer) -> None:

@@ -260,8 +260,10 @@ async def test_rtp_level_sending_and_the_synchronous_receive_path_against_real_p
 
         tap = passthrough.ReceiverTap(up.receiver, "video", lambda *frame: None, lambda: None, on_packet=on_packet)
         await b.setLocalDescription(await b.createAnswer())
-        assert passthrough.install_fast_receive(b) == 1, "BUNDLE: one ICE connection to patch"
+        assert passthrough.install_fast_receive(b, receive_buffer=1 << 20) == 1, "BUNDLE: one ICE connection to patch"
         protocols = passthrough.ice_connections(b)[0]._protocols
+        assert all(p.transport.get_extra_info("socket").getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) >= 1 << 20
+                   for p in protocols), "the media sockets did not get their receive buffer"
         assert protocols and all("_media_first" in p.datagram_received.__qualname__ for p in protocols), \
             "aioice StunProtocol.datagram_received not wrapped (Connection._protocols)"
         selector = asyncio.get_running_loop()._selector  # type: ignore[attr-defined]
@@ -417,3 +419,40 @@ async def test_drained_socket_reads_whole_datagrams_of_every_size() -> None:
         sender.close()
     finally:
         transport.close()
+
+
+async def test_a_larger_receive_buffer_keeps_the_burst_a_small_one_drops() -> None:
+    """set_receive_buffer: datagrams that arrive while the loop is busy wait in the kernel, up to the buffer."""
+    loop = asyncio.get_running_loop()
+
+    class Protocol(asyncio.DatagramProtocol):
+        def __init__(self) -> None:
+            self.got = 0
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = transport
+
+        def datagram_received(self, data: bytes, addr: object) -> None:
+            self.got += 1
+
+    with open("/proc/sys/net/core/rmem_max") as f:
+        rmem_max = int(f.read())
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    got = {}
+    try:
+        for size in (64 * 1024, 2 << 20):
+            transport, protocol = await loop.create_datagram_endpoint(Protocol, local_addr=("127.0.0.1", 0))
+            try:
+                assert passthrough.set_receive_buffer(protocol, size) == min(size, rmem_max)
+                # 600 packets of 1,200 bytes while the loop reads nothing (~1.4 MB with the kernel's overhead)
+                for _ in range(600):
+                    sender.sendto(b"\x80" * 1200, transport.get_extra_info("sockname"))
+                await asyncio.sleep(0.2)
+                got[size] = protocol.got
+            finally:
+                transport.close()
+    finally:
+        sender.close()
+    assert got[64 * 1024] < 600, "a 64 KiB buffer should not hold the burst (is the loop reading mid-burst?)"
+    if rmem_max >= 2 << 20:
+        assert got[2 << 20] == 600, f"{600 - got[2 << 20]} of the burst dropped with a 2 MiB buffer"

@@ -20,6 +20,7 @@ def test_defaults_are_the_embedded_mode(tmp_path: Path) -> None:
     assert settings.database.url == f"sqlite+aiosqlite:///{tmp_path / 'cloudhall.db'}"
     assert settings.redis.url == ""
     assert settings.media.recordings_dir == tmp_path / "recordings"
+    assert settings.media.udp_receive_buffer_kb == 1024
     assert settings.http.cookie_secure is False
     # A random secret is generated once and kept, so sessions survive a restart.
     assert len(settings.http.secret_key) >= 32
@@ -41,6 +42,7 @@ def test_values_are_parsed(tmp_path: Path) -> None:
             TURN_URLS="turn:turn.example:3478?transport=udp, turns:turn.example:5349",
             STUN_URLS='["stun:stun.example:3478"]',
             MEDIA_HOST_ADDRESSES="10.0.0.5",
+            UDP_RECEIVE_BUFFER_KB="4096",
             LOGIN_MAX_FAILURES="7",
             LOG_LEVEL="debug",
         )
@@ -50,6 +52,7 @@ def test_values_are_parsed(tmp_path: Path) -> None:
     assert settings.media.turn.urls == ("turn:turn.example:3478?transport=udp", "turns:turn.example:5349")
     assert settings.media.stun_urls == ("stun:stun.example:3478",)
     assert settings.media.host_addresses == ("10.0.0.5",)
+    assert settings.media.udp_receive_buffer_kb == 4096
     assert settings.http.login_max_failures == 7
     assert settings.log_level == "DEBUG"
 
@@ -73,6 +76,7 @@ def test_values_are_parsed(tmp_path: Path) -> None:
         ("PUBLIC_IP", "not-an-ip", "CLOUDHALL_PUBLIC_IP"),
         ("MEDIA_HOST_ADDRESSES", "10.0.0.1, nope", "CLOUDHALL_MEDIA_HOST_ADDRESSES"),
         ("LOG_LEVEL", "LOUD", "CLOUDHALL_LOG_LEVEL"),
+        ("UDP_RECEIVE_BUFFER_KB", "0", "CLOUDHALL_UDP_RECEIVE_BUFFER_KB"),
         ("STUN_URLS", "[1, 2]", "CLOUDHALL_STUN_URLS"),
     ],
 )
