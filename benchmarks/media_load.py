@@ -152,7 +152,8 @@ async def _serve(mode: str, port_queue: Any, record_dir: str) -> None:
         return web.json_response({"cpu": times.user + times.system, "sys": times.system,
                                   "rss": process.memory_info().rss,
                                   "loop_on_cpu": on_cpu / 1e9, "loop_waiting": waiting / 1e9,
-                                  "lag_p99": p99, "threads": process.num_threads(), "states": backend.states()})
+                                  "lag_p99": p99, "threads": process.num_threads(),
+                                  "switches": sum(process.num_ctx_switches()), "states": backend.states()})
 
     async def shutdown(request: web.Request) -> web.Response:
         stop.set()
@@ -739,6 +740,9 @@ def run(mode: str, calls: int, seconds: float, loops: dict[str, list[bytes]], pr
         # Share of the window the event-loop thread was runnable but had no CPU (other load).
         "loop_starved_pct": 100 * (after["loop_waiting"] - before["loop_waiting"]) / seconds,
         "loop_busy_pct": 100 * (after["loop_on_cpu"] - before["loop_on_cpu"]) / seconds,
+        # Context switches of the server process (all threads) per second: the event loop and
+        # the recorder thread handing the GIL to each other show here.
+        "switches_per_s": (after["switches"] - before["switches"]) / seconds,
         "rss_per_call_mb": (after["rss"] - idle["rss"]) / calls / 2**20,
         "fps_worst_pct": 100 * min(ratios), "fps_mean_pct": 100 * statistics.mean(ratios),
         "loss_pct": 100 * max(r["loss"] for r in reports),
