@@ -99,7 +99,8 @@ def encode_loops() -> dict[str, list[bytes]]:
 
 
 # --------------------------------------------------------------------------- server side
-def server_main(mode: str, port_queue: Any, record_dir: str, use_uvloop: bool = False) -> None:
+def server_main(mode: str, port_queue: Any, record_dir: str, use_uvloop: bool = False,
+                coalesce_ms: float | None = None) -> None:
     """Server process entry: ``mode`` is passthrough (recorder), passthrough-norec (no-op sink) or stock.
 
     ``-slowrx`` on a passthrough mode: aiortc's own receive path instead of the synchronous one
@@ -113,12 +114,12 @@ def server_main(mode: str, port_queue: Any, record_dir: str, use_uvloop: bool = 
     if use_uvloop:
         import uvloop
 
-        uvloop.run(_serve(mode, port_queue, record_dir))
+        uvloop.run(_serve(mode, port_queue, record_dir, coalesce_ms))
     else:
-        asyncio.run(_serve(mode, port_queue, record_dir))
+        asyncio.run(_serve(mode, port_queue, record_dir, coalesce_ms))
 
 
-async def _serve(mode: str, port_queue: Any, record_dir: str) -> None:
+async def _serve(mode: str, port_queue: Any, record_dir: str, coalesce_ms: float | None = None) -> None:
     import psutil
     from aiohttp import web
 
@@ -132,7 +133,8 @@ async def _serve(mode: str, port_queue: Any, record_dir: str) -> None:
             lags.append(loop.time() - start - 0.02)
 
     lag_task = asyncio.ensure_future(probe_lag())
-    backend: Any = (PassthroughBackend(record_dir, record="norec" not in mode) if mode.startswith("passthrough")
+    backend: Any = (PassthroughBackend(record_dir, record="norec" not in mode, coalesce_ms=coalesce_ms)
+                    if mode.startswith("passthrough")
                     else StockBackend(record_dir))
     process = psutil.Process()
     stop = asyncio.Event()
@@ -183,7 +185,7 @@ class _NullRecordingEvents:
 
 
 class PassthroughBackend:
-    def __init__(self, record_dir: str, record: bool = True) -> None:
+    def __init__(self, record_dir: str, record: bool = True, coalesce_ms: float | None = None) -> None:
         from cloudhall.settings import MediaSettings
         from media.server import MediaServer
 
@@ -204,7 +206,8 @@ class PassthroughBackend:
         except ImportError as exc:  # the recorder is someone else's package: fall back to a no-op sink
             print(f"recordings.writer unavailable ({exc}); using a no-op sink", file=sys.stderr)
             sink = lambda session_id: _NoopSink()  # noqa: E731
-        self.server = MediaServer(MediaSettings(), sink_factory=sink)
+        settings = MediaSettings() if coalesce_ms is None else MediaSettings(wakeup_coalesce_ms=coalesce_ms)
+        self.server = MediaServer(settings, sink_factory=sink)
 
     def states(self) -> dict:
         counts: dict[str, int] = {}
@@ -423,6 +426,7 @@ def add_loop_senders(pc: Any, participant: str, loops: dict[str, list[bytes]],
     return roles
 
 
+CLIENT_COALESCE_MS = 1.0
 VP8_CHUNK = 1296  # aiortc's packetizer: 1300-byte payloads, 4 of them its payload descriptor
 
 
@@ -545,6 +549,11 @@ async def _connect(session: str, participant: str, port: int, loops: dict[str, l
 
 
 async def _clients(calls: list[str], port: int, loops: dict[str, list[bytes]], results: Any, control: Any) -> None:
+    from media import passthrough
+
+    # The clients wake up per window of packets too (as the server does): they share one core
+    # and must not be what limits K. Their receive adds up to 1 ms to the one-hop latency.
+    passthrough.install_wakeup_coalescing(asyncio.get_running_loop(), CLIENT_COALESCE_MS / 1000)
     counters: dict[str, dict[str, dict[str, Counter]]] = {}
     pcs = []
     paced: list[PacedLoop] = []
@@ -641,7 +650,7 @@ def _pct(values: list[float], q: float) -> float:
 
 
 def run(mode: str, calls: int, seconds: float, loops: dict[str, list[bytes]], processes: int,
-        use_uvloop: bool = False, profile: str = "", pin: bool = False) -> dict:
+        use_uvloop: bool = False, profile: str = "", pin: bool = False, coalesce_ms: float | None = None) -> dict:
     """One server process of ``mode`` with ``calls`` concurrent calls; returns the figures.
 
     ``pin``: the server alone on the first CPU, the clients (and this process) on the others,
@@ -650,7 +659,8 @@ def run(mode: str, calls: int, seconds: float, loops: dict[str, list[bytes]], pr
     ctx = mp.get_context("spawn")
     port_queue = ctx.Queue()
     record_dir = tempfile.mkdtemp(prefix=f"media-load-{mode}-")
-    server = ctx.Process(target=server_main, args=(mode, port_queue, record_dir, use_uvloop), daemon=True)
+    server = ctx.Process(target=server_main, args=(mode, port_queue, record_dir, use_uvloop, coalesce_ms),
+                         daemon=True)
     server.start()
     cpus = sorted(os.sched_getaffinity(0))
     if pin and len(cpus) > 1:
@@ -719,7 +729,8 @@ def run(mode: str, calls: int, seconds: float, loops: dict[str, list[bytes]], pr
     ratios = [r["got"] / r["expected"] for r in reports]
     latency = [x for r in reports for x in r["latency"]]
     return {
-        "mode": mode + ("+uvloop" if use_uvloop else ""), "calls": calls, "states": after["states"],
+        "mode": mode + ("+uvloop" if use_uvloop else "") + (f"+co{coalesce_ms:g}" if coalesce_ms is not None else ""),
+        "calls": calls, "states": after["states"],
         "cpu_per_call_pct": 100 * (after["cpu"] - before["cpu"]) / seconds / calls,
         "cpu_total_pct": 100 * (after["cpu"] - before["cpu"]) / seconds,
         # Kernel share: on loopback a sendto also runs the receiving socket's side in our process.
@@ -760,6 +771,8 @@ def main() -> None:
     parser.add_argument("--client-processes", type=int, default=2)
     parser.add_argument("--uvloop", action="store_true", help="run the servers on uvloop (pip install uvloop)")
     parser.add_argument("--no-record", action="store_true", help="passthrough with a no-op sink instead of the recorder")
+    parser.add_argument("--coalesce-ms", type=float, default=None,
+                        help="the passthrough server's CLOUDHALL_MEDIA_WAKEUP_COALESCE_MS (default: the product's; 0: off)")
     parser.add_argument("--aiortc-receive", action="store_true",
                         help="passthrough with aiortc's own receive path (A/B for media.passthrough.install_fast_receive)")
     parser.add_argument("--pin", action="store_true",
@@ -779,7 +792,7 @@ def main() -> None:
     print(header)
     for mode, calls in plan:
         row = run(mode, calls, args.seconds, loops, min(args.client_processes, calls), args.uvloop, args.profile,
-                  args.pin)
+                  args.pin, args.coalesce_ms if mode.startswith("passthrough") else None)
         rows.append(row)
         print(f"{row['mode']:<20}{row['calls']:>4}{row['cpu_per_call_pct']:>9.1f}%{row['cpu_total_pct']:>8.0f}%"
               f"{row['rss_per_call_mb']:>8.1f}MB{row['fps_worst_pct']:>9.0f}%{row['fps_mean_pct']:>8.0f}%"

@@ -870,6 +870,63 @@ def install_fast_receive(pc: aiortc.RTCPeerConnection, receive_buffer: int = 0) 
     return patched
 
 
+WAKEUP_IDLE_POLLS = 20  # empty polls in a row (~20 ms) after which the loop blocks again
+
+
+class _CoalescingSelector:
+    """The event loop's selector, made to gather a window of datagrams per wake-up under load.
+
+    asyncio blocks in ``epoll_wait`` until the first datagram arrives, so a busy media node
+    wakes up for every packet or two; each wake-up (the system call, the scheduler switching
+    back to the thread, caches refilled) cost more than forwarding the packet. Here, when
+    nothing is ready the loop naps for ``window`` seconds (bounded by its next timer) and then
+    takes everything that arrived meanwhile; work that is already waiting is returned at once,
+    with no nap. After :data:`WAKEUP_IDLE_POLLS` empty polls in a row the loop blocks as
+    usual, so an idle node does not poll. The datagrams wait in the sockets' kernel buffers
+    (see :func:`set_receive_buffer`).
+    """
+
+    def __init__(self, selector: Any, window: float) -> None:
+        self._selector = selector
+        self.window = window
+        self._quiet = 0
+
+    def select(self, timeout: float | None = None) -> Any:
+        events = self._selector.select(0)
+        if events or timeout == 0:
+            self._quiet = 0
+            return events
+        self._quiet += 1
+        if self._quiet > WAKEUP_IDLE_POLLS:
+            return self._selector.select(timeout)
+        time.sleep(self.window if timeout is None else min(self.window, timeout))
+        events = self._selector.select(0)
+        if events:
+            self._quiet = 0
+        return events
+
+    def __getattr__(self, name: str) -> Any:  # register, unregister, modify, get_key, get_map, close
+        return getattr(self._selector, name)
+
+
+def install_wakeup_coalescing(loop: asyncio.AbstractEventLoop, window: float) -> bool:
+    """Make ``loop`` gather up to ``window`` seconds of I/O per wake-up when busy; returns whether it did.
+
+    Only asyncio's selector loop (uvloop wakes in C); installing again changes the window,
+    and a window of 0 installs nothing. Measured with ``benchmarks/media_load.py`` at 24
+    recorded calls: ~10 % less CPU per call, and lower one-hop latency (docs/media.md).
+    """
+    if window <= 0 or not isinstance(loop, asyncio.selector_events.BaseSelectorEventLoop):
+        return False
+    _require(loop, "_selector", "wake-up coalescing")
+    selector = loop._selector  # type: ignore[attr-defined]
+    if isinstance(selector, _CoalescingSelector):
+        selector.window = window
+    else:
+        loop._selector = _CoalescingSelector(selector, window)  # type: ignore[attr-defined]
+    return True
+
+
 _short_buffer_warned = False
 
 

@@ -96,6 +96,7 @@ class MediaServer:
         session = self._sessions.get(session_id)
         created = session is None
         if session is None:
+            passthrough.install_wakeup_coalescing(asyncio.get_running_loop(), self._settings.wakeup_coalesce_ms / 1000)
             session = MediaSession(
                 session_id, self._settings,
                 configuration=lambda: ice.server_configuration(self._settings),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 
 from media import passthrough
 from tests.media.peers import SyntheticVideo, ToneAudio, wait_for
@@ -19,6 +20,9 @@ async def test_call_forwards_every_track_at_full_rate_without_any_codec(media_en
                              ["remote:camera", "remote:screen", "remote:microphone"])
     await outlet.connect()
     await agent.connect()
+    # The media server made the loop gather packets per wake-up (settings' default window).
+    selector = asyncio.get_running_loop()._selector  # type: ignore[attr-defined]
+    assert isinstance(selector, passthrough._CoalescingSelector) and selector.window == 0.001
     # far side -> (source track, what the far peer receives)
     routes = {
         "outlet camera -> agent": (outlet_sources["camera"], agent.received["remote:camera"]),

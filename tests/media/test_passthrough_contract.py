@@ -456,3 +456,66 @@ async def test_a_larger_receive_buffer_keeps_the_burst_a_small_one_drops() -> No
     assert got[64 * 1024] < 600, "a 64 KiB buffer should not hold the burst (is the loop reading mid-burst?)"
     if rmem_max >= 2 << 20:
         assert got[2 << 20] == 600, f"{600 - got[2 << 20]} of the burst dropped with a 2 MiB buffer"
+
+
+async def test_wakeup_coalescing_gathers_datagrams_under_load_and_blocks_when_idle() -> None:
+    """install_wakeup_coalescing: a stream of datagrams is read a window at a time; an idle loop blocks."""
+    loop = asyncio.get_running_loop()
+    original = loop._selector  # type: ignore[attr-defined]
+
+    class Spy:  # the real selector, counting the polls that found something
+        def __init__(self, selector: object) -> None:
+            self.selector = selector
+            self.busy_polls = 0
+            self.timeouts: list[float | None] = []
+
+        def select(self, timeout: float | None = None) -> list:
+            self.timeouts.append(timeout)
+            events = self.selector.select(timeout)  # type: ignore[attr-defined]
+            self.busy_polls += bool(events)
+            return events
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self.selector, name)
+
+    class Protocol(asyncio.DatagramProtocol):
+        def __init__(self) -> None:
+            self.got = 0
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = transport
+
+        def datagram_received(self, data: bytes, addr: object) -> None:
+            self.got += 1
+
+    transport, protocol = await loop.create_datagram_endpoint(Protocol, local_addr=("127.0.0.1", 0))
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        assert passthrough.install_wakeup_coalescing(loop, 0.002)
+        coalescing = loop._selector  # type: ignore[attr-defined]
+        assert isinstance(coalescing, passthrough._CoalescingSelector)
+        assert passthrough.install_wakeup_coalescing(loop, 0.001)  # again: the window changes, no second layer
+        assert loop._selector is coalescing and coalescing.window == 0.001  # type: ignore[attr-defined]
+        assert not passthrough.install_wakeup_coalescing(loop, 0)
+        await asyncio.sleep(0)
+        assert passthrough.drain_reads(protocol)
+        spy = coalescing._selector = Spy(original)
+        address = transport.get_extra_info("sockname")
+
+        def stream() -> None:  # 300 datagrams, one every 0.2 ms, from another thread
+            for _ in range(300):
+                sender.sendto(b"\x80" * 200, address)
+                time.sleep(0.0002)
+
+        await loop.run_in_executor(None, stream)
+        await wait_for(lambda: protocol.got == 300, 3, lambda: f"{protocol.got} of 300 datagrams read")
+        # Without coalescing each datagram (or two) is its own wake-up; with a 1 ms window, ~5 come at once.
+        assert spy.busy_polls < 100, f"{spy.busy_polls} wake-ups for 300 datagrams"
+        spy.timeouts.clear()
+        await asyncio.sleep(0.1)  # idle: after WAKEUP_IDLE_POLLS empty polls the loop blocks until its timer
+        assert any(t is not None and t > 0.01 for t in spy.timeouts), spy.timeouts
+        assert len(spy.timeouts) < 3 * (passthrough.WAKEUP_IDLE_POLLS + 5), "an idle loop kept polling"
+    finally:
+        loop._selector = original  # type: ignore[attr-defined]
+        sender.close()
+        transport.close()
