@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from media.bandwidth import (
     FLOOR_BPS, UNCAPPED_BPS, DownlinkRate, RateMeter, UplinkRate,
 )
@@ -95,3 +98,23 @@ def test_the_meter_keeps_bytes_counted_with_a_time_read_before_the_last_rate():
     meter.add(1000, 10.31)  # read before rate(10.35), in the bucket rate() just opened
     meter.add(1000, 10.15)  # older still
     assert meter.rate(10.36) == int(4000 * 8 / (1.0 + 0.06))
+
+
+@given(st.lists(st.tuples(st.integers(0, 1500), st.floats(-0.3, 0.5), st.booleans()), max_size=200))
+def test_a_stream_feed_counts_what_each_meter_would_count_alone(steps: list[tuple[int, float, bool]]) -> None:
+    """StreamFeed.add inlines RateMeter.add's fast path: both meters read as if fed one by one."""
+    total = RateMeter()
+    feed = UplinkRate().stream("s", "video")
+    feed._total = total
+    alone, alone_total = RateMeter(), RateMeter()
+    now = 100.0
+    for nbytes, step, read in steps:
+        now = max(0.0, now + step)  # mostly forward, sometimes a time read earlier
+        feed.add(nbytes, now)
+        alone.add(nbytes, now)
+        alone_total.add(nbytes, now)
+        if read:
+            assert feed.meter.rate(now) == alone.rate(now)
+            assert total.rate(now) == alone_total.rate(now)
+    assert feed.meter.rate(now + 0.01) == alone.rate(now + 0.01)
+    assert total.rate(now + 0.01) == alone_total.rate(now + 0.01)
