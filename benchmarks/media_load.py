@@ -133,6 +133,19 @@ async def _serve(mode: str, port_queue: Any, record_dir: str, coalesce_ms: float
             lags.append(loop.time() - start - 0.02)
 
     lag_task = asyncio.ensure_future(probe_lag())
+    gc_pauses: list[float] = []  # seconds per collection of the oldest generation (the long ones)
+    gc_started = [0.0]
+
+    def on_gc(phase: str, info: dict) -> None:
+        if info.get("generation") == 2:
+            if phase == "start":
+                gc_started[0] = time.perf_counter()
+            else:
+                gc_pauses.append(time.perf_counter() - gc_started[0])
+
+    import gc
+
+    gc.callbacks.append(on_gc)
     backend: Any = (PassthroughBackend(record_dir, record="norec" not in mode, coalesce_ms=coalesce_ms)
                     if mode.startswith("passthrough")
                     else StockBackend(record_dir))
@@ -148,6 +161,8 @@ async def _serve(mode: str, port_queue: Any, record_dir: str, coalesce_ms: float
         times = process.cpu_times()
         values = sorted(lags)
         lags.clear()
+        gc_pause_max, gc_count = max(gc_pauses, default=0.0), len(gc_pauses)
+        gc_pauses.clear()
         p99 = values[int(len(values) * 0.99)] if values else 0.0
         with open("/proc/thread-self/schedstat") as f:  # ns on CPU, ns runnable but waiting for a CPU
             on_cpu, waiting = (int(x) for x in f.read().split()[:2])
@@ -155,7 +170,9 @@ async def _serve(mode: str, port_queue: Any, record_dir: str, coalesce_ms: float
                                   "rss": process.memory_info().rss,
                                   "loop_on_cpu": on_cpu / 1e9, "loop_waiting": waiting / 1e9,
                                   "lag_p99": p99, "threads": process.num_threads(),
-                                  "switches": sum(process.num_ctx_switches()), "states": backend.states()})
+                                  "switches": sum(process.num_ctx_switches()),
+                                  "gc2_max": gc_pause_max, "gc2_count": gc_count,
+                                  "states": backend.states()})
 
     async def shutdown(request: web.Request) -> web.Response:
         stop.set()
@@ -405,10 +422,20 @@ class Counter:
 
     @property
     def loss(self) -> float:
+        """Over the whole call (set-up included)."""
         if self.first_seq is None:
             return 0.0
         expected = self.ext_max - self.first_seq + 1
         return max(0.0, 1 - self.received / expected) if expected > 0 else 0.0
+
+    def mark(self) -> tuple[int, int]:
+        """(packets received, highest extended sequence number) now, for :meth:`loss_since`."""
+        return self.received, self.ext_max
+
+    def loss_since(self, mark: tuple[int, int]) -> float:
+        """Share of the packets numbered since ``mark`` that did not arrive."""
+        expected = self.ext_max - mark[1]
+        return max(0.0, 1 - (self.received - mark[0]) / expected) if expected > 0 else 0.0
 
 
 def add_loop_senders(pc: Any, participant: str, loops: dict[str, list[bytes]],
@@ -583,8 +610,11 @@ async def _clients(calls: list[str], port: int, loops: dict[str, list[bytes]], r
     window_start, window_end = await loop.run_in_executor(None, control.get)
     await asyncio.sleep(max(0.0, window_start - time.time()))
     packets_start = packets()
+    marks = {id(c): c.mark() for parts in counters.values() for routes in parts.values() for c in routes.values()}
     await asyncio.sleep(max(0.0, window_end - time.time()))
     window_packets = packets() - packets_start
+    window_loss = {id(c): c.loss_since(marks[id(c)])
+                   for parts in counters.values() for routes in parts.values() for c in routes.values()}
     await asyncio.sleep(0.3)
     report = []
     for session, parts in counters.items():
@@ -596,7 +626,7 @@ async def _clients(calls: list[str], port: int, loops: dict[str, list[bytes]], r
                        if window_start <= a < window_end] if counter.latency else []
                 report.append({"route": f"{participant}<-{source}", "got": got, "packets": 0,
                                "expected": RATES[source] * (window_end - window_start),
-                               "loss": counter.loss, "latency": lat})
+                               "loss": window_loss[id(counter)], "call_loss": counter.loss, "latency": lat})
     report[0]["packets"] = window_packets
     results.put(("report", report))
     for source in paced:
@@ -754,9 +784,13 @@ def run(mode: str, calls: int, seconds: float, loops: dict[str, list[bytes]], pr
         # Context switches of the server process (all threads) per second: the event loop and
         # the recorder thread handing the GIL to each other show here.
         "switches_per_s": (after["switches"] - before["switches"]) / seconds,
+        # Full (generation 2) garbage collections in the window and the longest pause one caused.
+        "gc2_collections": after["gc2_count"], "gc2_max_ms": 1000 * after["gc2_max"],
         "rss_per_call_mb": (after["rss"] - idle["rss"]) / calls / 2**20,
         "fps_worst_pct": 100 * min(ratios), "fps_mean_pct": 100 * statistics.mean(ratios),
+        # Worst route's RTP loss in the window (and over its whole call, set-up included).
         "loss_pct": 100 * max(r["loss"] for r in reports),
+        "call_loss_pct": 100 * max(r["call_loss"] for r in reports),
         "lag_p99_ms": 1000 * after["lag_p99"],
         "setup_p50_s": _pct(setup, 0.5), "setup_p95_s": _pct(setup, 0.95),
         "latency_p50_ms": 1000 * _pct(latency, 0.5), "latency_p95_ms": 1000 * _pct(latency, 0.95),
