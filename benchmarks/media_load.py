@@ -110,7 +110,7 @@ def server_main(mode: str, port_queue: Any, record_dir: str, use_uvloop: bool = 
     if mode.endswith("-slowrx"):
         from media import passthrough
 
-        passthrough.install_fast_receive = lambda pc: 0  # type: ignore[assignment]
+        passthrough.install_fast_receive = lambda pc, receive_buffer=0: 0  # type: ignore[assignment]
     if use_uvloop:
         import uvloop
 
@@ -134,14 +134,16 @@ async def _serve(mode: str, port_queue: Any, record_dir: str, coalesce_ms: float
 
     lag_task = asyncio.ensure_future(probe_lag())
     gc_pauses: list[float] = []  # seconds per collection of the oldest generation (the long ones)
+    gc_young_max = [0.0]  # the longest collection of generation 0 or 1
     gc_started = [0.0]
 
     def on_gc(phase: str, info: dict) -> None:
-        if info.get("generation") == 2:
-            if phase == "start":
-                gc_started[0] = time.perf_counter()
-            else:
-                gc_pauses.append(time.perf_counter() - gc_started[0])
+        if phase == "start":
+            gc_started[0] = time.perf_counter()
+        elif info.get("generation") == 2:
+            gc_pauses.append(time.perf_counter() - gc_started[0])
+        else:
+            gc_young_max[0] = max(gc_young_max[0], time.perf_counter() - gc_started[0])
 
     import gc
 
@@ -149,6 +151,10 @@ async def _serve(mode: str, port_queue: Any, record_dir: str, coalesce_ms: float
     backend: Any = (PassthroughBackend(record_dir, record="norec" not in mode, coalesce_ms=coalesce_ms)
                     if mode.startswith("passthrough")
                     else StockBackend(record_dir))
+    if mode.startswith("passthrough"):  # what `cloudhall serve` does before serving
+        from cloudhall.cli import freeze_startup_heap
+
+        freeze_startup_heap()
     process = psutil.Process()
     stop = asyncio.Event()
 
@@ -161,8 +167,9 @@ async def _serve(mode: str, port_queue: Any, record_dir: str, coalesce_ms: float
         times = process.cpu_times()
         values = sorted(lags)
         lags.clear()
-        gc_pause_max, gc_count = max(gc_pauses, default=0.0), len(gc_pauses)
+        gc_pause_max, gc_count, gc_young = max(gc_pauses, default=0.0), len(gc_pauses), gc_young_max[0]
         gc_pauses.clear()
+        gc_young_max[0] = 0.0
         p99 = values[int(len(values) * 0.99)] if values else 0.0
         with open("/proc/thread-self/schedstat") as f:  # ns on CPU, ns runnable but waiting for a CPU
             on_cpu, waiting = (int(x) for x in f.read().split()[:2])
@@ -171,7 +178,7 @@ async def _serve(mode: str, port_queue: Any, record_dir: str, coalesce_ms: float
                                   "loop_on_cpu": on_cpu / 1e9, "loop_waiting": waiting / 1e9,
                                   "lag_p99": p99, "threads": process.num_threads(),
                                   "switches": sum(process.num_ctx_switches()),
-                                  "gc2_max": gc_pause_max, "gc2_count": gc_count,
+                                  "gc2_max": gc_pause_max, "gc2_count": gc_count, "gc_young_max": gc_young,
                                   "states": backend.states()})
 
     async def shutdown(request: web.Request) -> web.Response:
@@ -561,7 +568,9 @@ async def _connect(session: str, participant: str, port: int, loops: dict[str, l
         passthrough.ReceiverTap(t.receiver, kind, on_frame, lambda: None, on_packet=on_packet)
         roles.append((t, role))
     await pc.setLocalDescription(await pc.createOffer())
-    passthrough.install_fast_receive(pc)  # the clients' receive path costs what the server's does
+    # The clients' receive path costs what the server's does; a 1 MiB receive buffer as the
+    # server's, so that a burst after a stall of the server is not lost at the client.
+    passthrough.install_fast_receive(pc, receive_buffer=1 << 20)
     body = {"session": session, "participant": participant, "sdp": pc.localDescription.sdp,
             "tracks": {t.mid: role for t, role in roles}}
     async with aiohttp.ClientSession() as http:
@@ -786,6 +795,7 @@ def run(mode: str, calls: int, seconds: float, loops: dict[str, list[bytes]], pr
         "switches_per_s": (after["switches"] - before["switches"]) / seconds,
         # Full (generation 2) garbage collections in the window and the longest pause one caused.
         "gc2_collections": after["gc2_count"], "gc2_max_ms": 1000 * after["gc2_max"],
+        "gc_young_max_ms": 1000 * after["gc_young_max"],
         "rss_per_call_mb": (after["rss"] - idle["rss"]) / calls / 2**20,
         "fps_worst_pct": 100 * min(ratios), "fps_mean_pct": 100 * statistics.mean(ratios),
         # Worst route's RTP loss in the window (and over its whole call, set-up included).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 from pathlib import Path
@@ -44,6 +45,20 @@ def test_a_bad_setting_is_one_line_and_exit_2(cli_env: Path, monkeypatch, capsys
 def test_serve_refuses_an_unmigrated_database(cli_env: Path, capsys) -> None:
     code, _, err = run(capsys, "serve")
     assert code == 2 and "cloudhall db upgrade" in err
+
+
+def test_serve_takes_the_start_up_heap_out_of_the_collectors_sight(cli_env: Path, monkeypatch, capsys) -> None:
+    """Full collections pause the event loop in proportion to the objects they walk: start-up's are frozen."""
+    from aiohttp import web
+
+    assert run(capsys, "db", "upgrade")[0] == 0
+    frozen: list[int] = []
+    monkeypatch.setattr(web, "run_app", lambda app, **kwargs: frozen.append(gc.get_freeze_count()))
+    try:
+        code, _, _ = run(capsys, "serve")
+    finally:
+        gc.unfreeze()
+    assert code == 0 and frozen and frozen[0] > 10_000, frozen
 
 
 def test_accounts_and_catalog_from_the_command_line(cli_env: Path, monkeypatch, capsys) -> None:

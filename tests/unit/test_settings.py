@@ -21,6 +21,7 @@ def test_defaults_are_the_embedded_mode(tmp_path: Path) -> None:
     assert settings.redis.url == ""
     assert settings.media.recordings_dir == tmp_path / "recordings"
     assert settings.media.udp_receive_buffer_kb == 1024
+    assert settings.media.wakeup_coalesce_ms == 1.0
     assert settings.http.cookie_secure is False
     # A random secret is generated once and kept, so sessions survive a restart.
     assert len(settings.http.secret_key) >= 32
@@ -43,6 +44,7 @@ def test_values_are_parsed(tmp_path: Path) -> None:
             STUN_URLS='["stun:stun.example:3478"]',
             MEDIA_HOST_ADDRESSES="10.0.0.5",
             UDP_RECEIVE_BUFFER_KB="4096",
+            MEDIA_WAKEUP_COALESCE_MS="0.5",
             LOGIN_MAX_FAILURES="7",
             LOG_LEVEL="debug",
         )
@@ -53,6 +55,7 @@ def test_values_are_parsed(tmp_path: Path) -> None:
     assert settings.media.stun_urls == ("stun:stun.example:3478",)
     assert settings.media.host_addresses == ("10.0.0.5",)
     assert settings.media.udp_receive_buffer_kb == 4096
+    assert settings.media.wakeup_coalesce_ms == 0.5
     assert settings.http.login_max_failures == 7
     assert settings.log_level == "DEBUG"
 
@@ -77,6 +80,9 @@ def test_values_are_parsed(tmp_path: Path) -> None:
         ("MEDIA_HOST_ADDRESSES", "10.0.0.1, nope", "CLOUDHALL_MEDIA_HOST_ADDRESSES"),
         ("LOG_LEVEL", "LOUD", "CLOUDHALL_LOG_LEVEL"),
         ("UDP_RECEIVE_BUFFER_KB", "0", "CLOUDHALL_UDP_RECEIVE_BUFFER_KB"),
+        ("MEDIA_WAKEUP_COALESCE_MS", "11", "CLOUDHALL_MEDIA_WAKEUP_COALESCE_MS"),
+        ("MEDIA_WAKEUP_COALESCE_MS", "nan", "CLOUDHALL_MEDIA_WAKEUP_COALESCE_MS"),
+        ("MEDIA_WAKEUP_COALESCE_MS", "-1", "CLOUDHALL_MEDIA_WAKEUP_COALESCE_MS"),
         ("STUN_URLS", "[1, 2]", "CLOUDHALL_STUN_URLS"),
     ],
 )
