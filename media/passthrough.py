@@ -236,7 +236,7 @@ class ReceiverTap:
         on_packet: PacketCallback | None = None,
     ) -> None:
         for attribute in ("_RTCRtpReceiver__jitter_buffer", "_RTCRtpReceiver__decoder_queue",
-                          "_RTCRtpReceiver__rtcp_ssrc"):
+                          "_RTCRtpReceiver__rtcp_ssrc", "_RTCRtpReceiver__remote_bitrate_estimator"):
             _require(receiver, attribute, "receiver tap")
         self._receiver = receiver
         self.kind = kind
@@ -258,6 +258,10 @@ class ReceiverTap:
         self._clock: Callable[[], float] | None = None
         self.upstream_estimate: int | None = None  # bits/s, aiortc's estimate of this stream
         self._original_send_rtcp = receiver._send_rtcp
+        if receiver._RTCRtpReceiver__remote_bitrate_estimator is not None:  # type: ignore[attr-defined]
+            # Ours from the start (handle_rtp would swap it at the first packet): aiortc's keeps
+            # 1,000 bucket objects that every full garbage collection walks (see SenderLink).
+            receiver._RTCRtpReceiver__remote_bitrate_estimator = RemoteBitrateEstimator()  # type: ignore[attr-defined]
         receiver._RTCRtpReceiver__jitter_buffer = self  # type: ignore[attr-defined]
         receiver._RTCRtpReceiver__decoder_queue = _NoDecoderQueue()  # type: ignore[attr-defined]
         receiver._send_rtcp = self._send_rtcp  # type: ignore[method-assign]
@@ -607,6 +611,12 @@ class SenderLink:
         sender._send_keyframe = lambda: self.on_keyframe_request()  # type: ignore[method-assign]
         sender._retransmit = self._retransmit  # type: ignore[method-assign]
         sender.replaceTrack(_SilentTrack(kind))
+        # The transceiver's receiver never gets media (sendonly), but aiortc gave its video
+        # receiver a bandwidth estimator whose rate counter is 1,000 Python objects: ~6,000 per
+        # call that every full garbage collection walked, most of a 100 ms pause at 30 calls.
+        # aiortc skips estimation when there is none.
+        _require(transceiver.receiver, "_RTCRtpReceiver__remote_bitrate_estimator", "RTP-level sender")
+        transceiver.receiver._RTCRtpReceiver__remote_bitrate_estimator = None  # type: ignore[attr-defined]
         self._history: list[tuple[int, int, int, bytes, int | None] | None] = [None] * SEND_HISTORY
         self._prepared = False
         self._ssrc = 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from media import passthrough
+from media.estimator import RemoteBitrateEstimator
 from tests.media.peers import SyntheticVideo, ToneAudio, wait_for
 
 SPAN = 4  # seconds of source time measured
@@ -23,6 +24,13 @@ async def test_call_forwards_every_track_at_full_rate_without_any_codec(media_en
     # The media server made the loop gather packets per wake-up (settings' default window).
     selector = asyncio.get_running_loop()._selector  # type: ignore[attr-defined]
     assert isinstance(selector, passthrough._CoalescingSelector) and selector.window == 0.001
+    # No aiortc bandwidth estimator on the server (its rate counter is 1,000 objects that every
+    # full garbage collection walks): ours on published streams, none on forwarding transceivers.
+    for session_id in server.session_ids:
+        for peer in server._sessions[session_id].peers.values():
+            for t in peer.pc.getTransceivers():
+                estimator = t.receiver._RTCRtpReceiver__remote_bitrate_estimator
+                assert estimator is None or type(estimator) is RemoteBitrateEstimator, (t.mid, t.direction, estimator)
     # far side -> (source track, what the far peer receives)
     routes = {
         "outlet camera -> agent": (outlet_sources["camera"], agent.received["remote:camera"]),
