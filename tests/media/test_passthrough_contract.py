@@ -421,19 +421,22 @@ async def test_drained_socket_reads_whole_datagrams_of_every_size() -> None:
         transport.close()
 
 
+class _Counting(asyncio.DatagramProtocol):
+    """A datagram endpoint that counts what it receives."""
+
+    def __init__(self) -> None:
+        self.got = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: object) -> None:
+        self.got += 1
+
+
 async def test_a_larger_receive_buffer_keeps_the_burst_a_small_one_drops() -> None:
     """set_receive_buffer: datagrams that arrive while the loop is busy wait in the kernel, up to the buffer."""
     loop = asyncio.get_running_loop()
-
-    class Protocol(asyncio.DatagramProtocol):
-        def __init__(self) -> None:
-            self.got = 0
-
-        def connection_made(self, transport: asyncio.BaseTransport) -> None:
-            self.transport = transport
-
-        def datagram_received(self, data: bytes, addr: object) -> None:
-            self.got += 1
 
     with open("/proc/sys/net/core/rmem_max") as f:
         rmem_max = int(f.read())
@@ -441,7 +444,7 @@ async def test_a_larger_receive_buffer_keeps_the_burst_a_small_one_drops() -> No
     got = {}
     try:
         for size in (64 * 1024, 2 << 20):
-            transport, protocol = await loop.create_datagram_endpoint(Protocol, local_addr=("127.0.0.1", 0))
+            transport, protocol = await loop.create_datagram_endpoint(_Counting, local_addr=("127.0.0.1", 0))
             try:
                 assert passthrough.set_receive_buffer(protocol, size) == min(size, rmem_max)
                 # 600 packets of 1,200 bytes while the loop reads nothing (~1.4 MB with the kernel's overhead)
@@ -478,17 +481,7 @@ async def test_wakeup_coalescing_gathers_datagrams_under_load_and_blocks_when_id
         def __getattr__(self, name: str) -> object:
             return getattr(self.selector, name)
 
-    class Protocol(asyncio.DatagramProtocol):
-        def __init__(self) -> None:
-            self.got = 0
-
-        def connection_made(self, transport: asyncio.BaseTransport) -> None:
-            self.transport = transport
-
-        def datagram_received(self, data: bytes, addr: object) -> None:
-            self.got += 1
-
-    transport, protocol = await loop.create_datagram_endpoint(Protocol, local_addr=("127.0.0.1", 0))
+    transport, protocol = await loop.create_datagram_endpoint(_Counting, local_addr=("127.0.0.1", 0))
     sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         assert passthrough.install_wakeup_coalescing(loop, 0.002)
