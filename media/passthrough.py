@@ -907,11 +907,12 @@ class _CoalescingSelector:
             self._quiet = 0
             return events
         self._quiet += 1
-        if self._quiet > WAKEUP_IDLE_POLLS:
-            return self._selector.select(timeout)
-        time.sleep(self.window if timeout is None else min(self.window, timeout))
-        events = self._selector.select(0)
-        if events:
+        if self._quiet > WAKEUP_IDLE_POLLS:  # idle: block until I/O or a timer
+            events = self._selector.select(timeout)
+        else:
+            time.sleep(self.window if timeout is None else min(self.window, timeout))
+            events = self._selector.select(0)
+        if events:  # traffic (again): gather per window from here on
             self._quiet = 0
         return events
 
