@@ -925,7 +925,7 @@ def install_wakeup_coalescing(loop: asyncio.AbstractEventLoop, window: float) ->
 
     Only asyncio's selector loop (uvloop wakes in C); installing again changes the window,
     and a window of 0 installs nothing. Measured with ``benchmarks/media_load.py`` at 24
-    recorded calls: ~10 % less CPU per call, and lower one-hop latency (docs/media.md).
+    recorded calls: ~9 % less CPU per call, and lower one-hop latency (docs/media.md).
     """
     if window <= 0 or not isinstance(loop, asyncio.selector_events.BaseSelectorEventLoop):
         return False
