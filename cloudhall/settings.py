@@ -167,6 +167,16 @@ def _positive(parse: Callable[[str], T]) -> Callable[[str], T]:
     return inner
 
 
+UDP_RECEIVE_BUFFER_KB_MAX = 1024 * 1024  # 1 GiB: setsockopt takes a C int of bytes
+
+
+def _receive_buffer_kb(raw: str) -> int:
+    value = int(raw)
+    if not 0 < value <= UDP_RECEIVE_BUFFER_KB_MAX:
+        raise ValueError(f"expected KiB from 1 to {UDP_RECEIVE_BUFFER_KB_MAX}")
+    return value
+
+
 def _coalesce_ms(raw: str) -> float:
     value = float(raw)
     if not 0 <= value <= 10:  # also refuses nan
@@ -294,7 +304,7 @@ class _EnvReader:
             allow_loopback=self.get("MEDIA_ALLOW_LOOPBACK", _parse_bool, True),
             recordings_dir=Path(self.get("RECORDINGS_DIR", str, str(data_dir / "recordings"))),
             subscriber_backlog_kb=self.get("SUBSCRIBER_BACKLOG_KB", _positive(int), 256),
-            udp_receive_buffer_kb=self.get("UDP_RECEIVE_BUFFER_KB", _positive(int), 1024),
+            udp_receive_buffer_kb=self.get("UDP_RECEIVE_BUFFER_KB", _receive_buffer_kb, 1024),
             wakeup_coalesce_ms=self.get("MEDIA_WAKEUP_COALESCE_MS", _coalesce_ms, 1.0),
         )
         return Settings(
