@@ -653,6 +653,17 @@ def _get(port: int, path: str, method: str = "GET") -> dict:
         return json.loads(response.read())
 
 
+def steal_ms(cpus: list[int]) -> float:
+    """Milliseconds the hypervisor ran something else while these CPUs had work (/proc/stat's steal)."""
+    total = 0
+    with open("/proc/stat") as f:
+        for line in f:
+            name, *fields = line.split()
+            if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus and len(fields) >= 8:
+                total += int(fields[7])
+    return 1000 * total / os.sysconf("SC_CLK_TCK")
+
+
 def udp_drops(pids: list[int]) -> int:
     """Datagrams the kernel dropped because these processes' UDP sockets' receive buffers were full."""
     inodes = set()
@@ -729,6 +740,8 @@ def run(mode: str, calls: int, seconds: float, loops: dict[str, list[bytes]], pr
     client_cpu0 = sum(sum(p.cpu_times()[:2]) for p in client_procs)
     before = _get(port, "/probe")
     drops0 = udp_drops([server.pid]), udp_drops([p.pid for p in clients])
+    server_cpus = sorted(os.sched_getaffinity(server.pid))
+    steal0 = steal_ms(server_cpus)
     spies: list[Any] = []
     if profile:  # py-spy samples the server (and the first client process) for the window (collapsed stacks, flamegraph input)
         import subprocess
@@ -746,6 +759,7 @@ def run(mode: str, calls: int, seconds: float, loops: dict[str, list[bytes]], pr
     time.sleep(seconds)
     after = _get(port, "/probe")
     drops1 = udp_drops([server.pid]), udp_drops([p.pid for p in clients])
+    steal1 = steal_ms(server_cpus)
     for spy in spies:
         spy.wait(timeout=60)
     client_cpu = sum(sum(p.cpu_times()[:2]) for p in client_procs) - client_cpu0
@@ -790,6 +804,9 @@ def run(mode: str, calls: int, seconds: float, loops: dict[str, list[bytes]], pr
         # Share of the window the event-loop thread was runnable but had no CPU (other load).
         "loop_starved_pct": 100 * (after["loop_waiting"] - before["loop_waiting"]) / seconds,
         "loop_busy_pct": 100 * (after["loop_on_cpu"] - before["loop_on_cpu"]) / seconds,
+        # Share of the window the hypervisor took the server's CPU(s) away (a VM's noise, which no
+        # figure of the server's own shows: the loop just stalls). Per CPU, averaged.
+        "steal_pct": 100 * (steal1 - steal0) / 1000 / seconds / len(server_cpus),
         # Context switches of the server process (all threads) per second: the event loop and
         # the recorder thread handing the GIL to each other show here.
         "switches_per_s": (after["switches"] - before["switches"]) / seconds,
@@ -832,7 +849,7 @@ def main() -> None:
     plan += [("stock", int(k)) for k in args.baseline_calls.split(",") if k]
     header = (f"{'server':<20}{'K':>4}{'cpu/call':>10}{'cpu tot':>9}{'rss/call':>10}{'fps worst':>10}"
               f"{'fps mean':>9}{'loss':>7}{'lag p99':>9}{'setup p50':>10}{'p95':>7}{'hop p50':>9}{'p95':>8}"
-              f"{'clients cpu':>12}{'loop busy':>10}{'starved':>8}{'us/pkt':>8}{'sys':>6}{'rec drop':>9}{'queued':>7}")
+              f"{'clients cpu':>12}{'loop busy':>10}{'starved':>8}{'us/pkt':>8}{'sys':>6}{'rec drop':>9}{'queued':>7}{'steal':>7}")
     print(header)
     for mode, calls in plan:
         row = run(mode, calls, args.seconds, loops, min(args.client_processes, calls), args.uvloop, args.profile,
@@ -843,7 +860,8 @@ def main() -> None:
               f"{row['loss_pct']:>6.2f}%{row['lag_p99_ms']:>7.1f}ms{row['setup_p50_s']:>9.2f}s"
               f"{row['setup_p95_s']:>6.2f}s{row['latency_p50_ms']:>7.1f}ms{row['latency_p95_ms']:>6.1f}ms"
               f"{row['client_cpu_pct']:>11.0f}%{row['loop_busy_pct']:>9.0f}%{row['loop_starved_pct']:>7.0f}%"
-              f"{row['us_per_packet']:>8.1f}{row['sys_pct']:>5.0f}%{row['recorder_dropped']:>9}{row['recorder_queued']:>7}",
+              f"{row['us_per_packet']:>8.1f}{row['sys_pct']:>5.0f}%{row['recorder_dropped']:>9}{row['recorder_queued']:>7}"
+              f"{row['steal_pct']:>6.1f}%",
               flush=True)
     print(json.dumps(rows, indent=1), file=sys.stderr)
 
