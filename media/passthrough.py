@@ -256,6 +256,7 @@ class ReceiverTap:
         # The loop's clock, read per packet: asyncio.get_running_loop() costs a getpid()
         # system call each time (it checks for a fork), ~3 % of the server under load.
         self._clock: Callable[[], float] | None = None
+        self._later: Callable[[Callable[..., None], tuple], None] = _run_now
         self.upstream_estimate: int | None = None  # bits/s, aiortc's estimate of this stream
         self._original_send_rtcp = receiver._send_rtcp
         if receiver._RTCRtpReceiver__remote_bitrate_estimator is not None:  # type: ignore[attr-defined]
@@ -286,8 +287,13 @@ class ReceiverTap:
         return False, None
 
     def _deliver(self, ssrc: int, seq: int, timestamp: int, marker: int, payload: bytes, padding: int,
-                 data: bytes, level: int | None) -> None:
-        """One packet of the original stream (RTX unwrapped), ``data`` its codec data: forward it, assemble frames."""
+                 data: bytes, level: int | None, account: tuple | None = None) -> None:
+        """One packet of the original stream (RTX unwrapped), ``data`` its codec data: forward it now.
+
+        Everything else the packet needs (``account``: handle_plain's bookkeeping; frame
+        assembly for the recorder and snapshots) waits for the end of the pass round the
+        event loop (:class:`AfterForwarding`).
+        """
         self.packets += 1
         self.bytes += len(payload)
         if self.media_ssrc != ssrc:
@@ -296,9 +302,10 @@ class ReceiverTap:
                 self.uplink.ssrcs[self] = ssrc
         clock = self._clock
         if clock is None:
-            clock = self._clock = asyncio.get_running_loop().time
+            loop = asyncio.get_running_loop()
+            clock = self._clock = loop.time
+            self._later = after_forwarding(loop).add
         now = clock()
-        self._feed(len(payload) + padding, now)
         on_packet = self.on_packet
         if payload:
             if self.kind == "video":
@@ -310,10 +317,21 @@ class ReceiverTap:
                 start = keyframe = True
             if on_packet is not None:
                 on_packet(seq, timestamp, marker, payload, keyframe, level, now)
-            self.assembler.push(seq, timestamp, bool(marker), start, data, now)
         else:  # padding only (bandwidth probing): it still takes a sequence number
+            start = False
             if on_packet is not None:
                 on_packet(seq, timestamp, 0, b"", False, None, now)
+        self._later(self._after_forwarding, (account, seq, timestamp, marker, start, payload, padding, data, now))
+
+    def _after_forwarding(self, account: tuple | None, seq: int, timestamp: int, marker: int, start: bool,
+                          payload: bytes, padding: int, data: bytes, now: float) -> None:
+        if account is not None:
+            abs_time, arrival_ms, ssrc, stream, wall = account
+            self._account(abs_time, arrival_ms, len(payload) + padding, ssrc, stream, seq, timestamp, wall)
+        self._feed(len(payload) + padding, now)
+        if payload:
+            self.assembler.push(seq, timestamp, bool(marker), start, data, now)
+        else:
             self.assembler.push_padding(seq, now)
 
     def handle_rtp(self, packet: Any, arrival_ms: int) -> bool:
@@ -390,24 +408,32 @@ class ReceiverTap:
             return False
         if not receiver._enabled:
             return True
-        if abs_time is not None:
-            estimator = receiver._RTCRtpReceiver__remote_bitrate_estimator  # type: ignore[attr-defined]
-            if estimator is not None:
-                self._estimate(estimator, abs_time, arrival_ms, len(payload) + padding, ssrc)
-        nacks = receiver._RTCRtpReceiver__nack_generator  # type: ignore[attr-defined]
-        if count_received(stream, nacks, seq, timestamp, wall):
-            _spawn(receiver._send_rtcp_nack(ssrc, sorted(nacks.missing)))
         if vp8 and payload:
             try:
                 data = payload[vp8_payload_offset(payload):]
             except ValueError:
+                # Dropped, but still counted and estimated, as aiortc counts it before depayloading.
+                self._account(abs_time, arrival_ms, len(payload) + padding, ssrc, stream, seq, timestamp, wall)
                 return True
         else:
             data = payload
         self.fast_packets += 1
         self.lean_packets += 1
-        self._deliver(ssrc, seq, timestamp, marker, payload, padding, data, level)
+        self._deliver(ssrc, seq, timestamp, marker, payload, padding, data, level,
+                      (abs_time, arrival_ms, ssrc, stream, wall))
         return True
+
+    def _account(self, abs_time: int | None, arrival_ms: int, size: int, ssrc: int, stream: Any, seq: int,
+                 timestamp: int, wall: float) -> None:
+        """handle_plain's receive bookkeeping: bandwidth estimate, RTCP statistics, NACKs for new holes."""
+        receiver = self._receiver
+        if abs_time is not None:
+            estimator = receiver._RTCRtpReceiver__remote_bitrate_estimator  # type: ignore[attr-defined]
+            if estimator is not None:
+                self._estimate(estimator, abs_time, arrival_ms, size, ssrc)
+        nacks = receiver._RTCRtpReceiver__nack_generator  # type: ignore[attr-defined]
+        if count_received(stream, nacks, seq, timestamp, wall):
+            _spawn(receiver._send_rtcp_nack(ssrc, sorted(nacks.missing)))
 
     def _estimate(self, estimator: RemoteBitrateEstimator, abs_time: int, arrival_ms: int, size: int,
                   ssrc: int) -> None:
@@ -899,6 +925,70 @@ def install_fast_receive(pc: aiortc.RTCPeerConnection, receive_buffer: int = 0) 
     return patched
 
 
+# --------------------------------------------------------------------------- forward first
+def _run_now(function: Callable[..., None], args: tuple) -> None:
+    function(*args)
+
+
+class AfterForwarding:
+    """A packet's work other than forwarding it, done after the pass round the loop that forwarded it.
+
+    One pass of the event loop reads every socket that has datagrams, and each datagram is
+    forwarded as it is read. What the packet also needs (receive statistics and NACKs, the
+    bandwidth estimate, assembling frames for the recorder and snapshots) is a quarter to a
+    third of the work and no subscriber waits for it; done inline, a packet read late in a
+    busy pass waited behind all of it for every packet read before it. Here it is queued, in
+    arrival order, and done once the pass's reads are done: by the wake-up coalescing
+    selector just before it selects again (so the loop still naps), else by a callback the
+    next pass runs first. A failing item is logged and the rest still run.
+    """
+
+    __slots__ = ("_loop", "_items", "_scheduled", "__weakref__")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._items: list[Any] = []  # function, args, function, args, ...
+        self._scheduled = False
+
+    def add(self, function: Callable[..., None], args: tuple) -> None:
+        items = self._items
+        if not items and not self._scheduled:  # the pass's first: who will run the queue?
+            selector = getattr(self._loop, "_selector", None)
+            if not (isinstance(selector, _CoalescingSelector) and selector._after is self):
+                self._scheduled = True
+                self._loop.call_soon(self.run)
+        items.append(function)
+        items.append(args)
+
+    @property
+    def pending(self) -> int:
+        return len(self._items) // 2
+
+    def run(self) -> None:
+        self._scheduled = False
+        while self._items:  # what an item queues (it never should) runs in this round too
+            items, self._items = self._items, []
+            for index in range(0, len(items), 2):
+                try:
+                    items[index](*items[index + 1])
+                except Exception:  # noqa: BLE001 - one packet's bookkeeping must not lose the others'
+                    logger.exception("packet work after forwarding failed")
+
+
+_AFTER_FORWARDING: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AfterForwarding]" = weakref.WeakKeyDictionary()
+
+
+def after_forwarding(loop: asyncio.AbstractEventLoop) -> AfterForwarding:
+    """The loop's :class:`AfterForwarding` queue (made on first use, hooked to its coalescing selector)."""
+    queue = _AFTER_FORWARDING.get(loop)
+    if queue is None:
+        queue = _AFTER_FORWARDING[loop] = AfterForwarding(loop)
+        selector = getattr(loop, "_selector", None)
+        if isinstance(selector, _CoalescingSelector):
+            selector.hook(queue)
+    return queue
+
+
 WAKEUP_IDLE_POLLS = 20  # empty polls in a row (~20 ms) after which the loop blocks again
 
 
@@ -915,12 +1005,23 @@ class _CoalescingSelector:
     (see :func:`set_receive_buffer`).
     """
 
-    def __init__(self, selector: Any, window: float) -> None:
+    def __init__(self, selector: Any, window: float, ready: Any = None) -> None:
         self._selector = selector
         self.window = window
         self._quiet = 0
+        self._ready = ready  # the loop's ready callbacks (asyncio's BaseEventLoop._ready)
+        self._after: AfterForwarding | None = None
+
+    def hook(self, queue: AfterForwarding) -> None:
+        """Run ``queue`` before each select: after the pass's reads, before any nap."""
+        self._after = queue
 
     def select(self, timeout: float | None = None) -> Any:
+        after = self._after
+        if after is not None and after._items:
+            after.run()
+            if self._ready:  # it made callbacks ready (an RTCP send): no nap before they run
+                timeout = 0
         events = self._selector.select(0)
         if events or timeout == 0:
             self._quiet = 0
@@ -953,7 +1054,11 @@ def install_wakeup_coalescing(loop: asyncio.AbstractEventLoop, window: float) ->
     if isinstance(selector, _CoalescingSelector):
         selector.window = window
     else:
-        loop._selector = _CoalescingSelector(selector, window)  # type: ignore[attr-defined]
+        _require(loop, "_ready", "wake-up coalescing")
+        selector = loop._selector = _CoalescingSelector(selector, window, loop._ready)  # type: ignore[attr-defined]
+        queue = _AFTER_FORWARDING.get(loop)
+        if queue is not None:
+            selector.hook(queue)
     return True
 
 

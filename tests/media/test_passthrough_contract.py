@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import socket
 import subprocess
 import sys
@@ -261,7 +262,16 @@ async def test_rtp_level_sending_and_the_synchronous_receive_path_against_real_p
             if link.send(seq, ts, marker, payload, time.time(), level) > 0:
                 sent.append(seq)
 
-        tap = passthrough.ReceiverTap(up.receiver, "video", lambda *frame: None, lambda: None, on_packet=on_packet)
+        assembled_while_reading: list[bool] = []
+
+        def on_frame(*frame: object) -> None:  # frames come together after the pass's forwarding
+            caller, inside = sys._getframe(1), False
+            while caller is not None:
+                inside = inside or caller.f_code.co_name in ("read_ready", "data_received")
+                caller = caller.f_back
+            assembled_while_reading.append(inside)
+
+        tap = passthrough.ReceiverTap(up.receiver, "video", on_frame, lambda: None, on_packet=on_packet)
         await b.setLocalDescription(await b.createAnswer())
         assert passthrough.install_fast_receive(b, receive_buffer=1 << 20) == 1, "BUNDLE: one ICE connection to patch"
         protocols = passthrough.ice_connections(b)[0]._protocols
@@ -294,6 +304,8 @@ async def test_rtp_level_sending_and_the_synchronous_receive_path_against_real_p
             finally:
                 relay_pli.cancel()
             assert back.sizes[-1] == (320, 240)
+            assert assembled_while_reading and not any(assembled_while_reading[-20:]), \
+                "frames were assembled inside the socket reader, ahead of the forwarding of later packets"
             assert tap.fast_packets > 0 and tap.fast_packets >= tap.packets - 5, \
                 "RTP did not come through install_fast_receive (aioice Connection.data_received hook)"
             assert tap.lean_packets >= tap.packets - 5, "the lean parse (ReceiverTap.handle_plain) was not taken"
@@ -560,3 +572,61 @@ async def test_wakeup_coalescing_gathers_datagrams_under_load_and_blocks_when_id
     finally:
         loop._selector = original  # type: ignore[attr-defined]
         transport.close()
+
+
+class _Forwarding(_Counting):
+    """Reads like a media socket: 'forwards' each datagram at once, queues the rest of its work."""
+
+    def __init__(self, name: str, events: list, queue: passthrough.AfterForwarding) -> None:
+        super().__init__()
+        self.name, self.events, self.queue = name, events, queue
+
+    def datagram_received(self, data: bytes, addr: object) -> None:
+        self.events.append(("forwarded", self.name, data))
+        self.queue.add(self.after, (data,))
+
+    def after(self, data: bytes) -> None:
+        if data == b"bad":
+            raise RuntimeError("one packet's bookkeeping failed")
+        self.events.append(("after", self.name, data))
+
+
+async def test_a_pass_forwards_every_datagram_it_reads_before_the_rest_of_their_work(caplog) -> None:
+    """AfterForwarding: the datagrams one pass round the loop reads on several sockets are all
+    forwarded before any of them is counted or assembled; a failing item does not stop the others;
+    without wake-up coalescing the queue runs first thing in the next pass."""
+    loop = asyncio.get_running_loop()
+    original = loop._selector  # type: ignore[attr-defined]
+    events: list[tuple[str, str, bytes]] = []
+    queue = passthrough.after_forwarding(loop)
+    assert passthrough.after_forwarding(loop) is queue
+    endpoints = [await loop.create_datagram_endpoint(lambda n=n: _Forwarding(n, events, queue),  # type: ignore[misc]
+                                                     local_addr=("127.0.0.1", 0)) for n in ("a", "b")]
+    try:
+        assert passthrough.install_wakeup_coalescing(loop, 0.002)
+        assert loop._selector._after is queue  # type: ignore[attr-defined]
+        for _, protocol in endpoints:
+            assert passthrough.drain_reads(protocol)
+        await asyncio.sleep(0)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as out:
+            for _, protocol in endpoints:  # sent while the loop runs nothing: one pass reads them all
+                for data in (b"1", b"bad", b"2", b"3"):
+                    out.sendto(data, protocol.transport.get_extra_info("sockname"))
+        with caplog.at_level(logging.ERROR, logger="media.passthrough"):
+            await wait_for(lambda: sum(e[0] == "after" for e in events) == 6, 3, lambda: f"{events}")
+        kinds = [e[0] for e in events]
+        assert kinds == ["forwarded"] * 8 + ["after"] * 6, events
+        assert [e[1:] for e in events if e[0] == "after"] == \
+            [(n, d) for n in ("a", "b") for d in (b"1", b"2", b"3")], "not in arrival order"
+        assert sum(bool(r.exc_info) and "bookkeeping failed" in str(r.exc_info[1]) for r in caplog.records) == 2
+        # Without the coalescing selector (uvloop, or coalescing off) a callback runs the queue.
+        loop._selector = original  # type: ignore[attr-defined]
+        events.clear()
+        endpoints[0][1].datagram_received(b"4", None)
+        assert queue.pending == 1
+        await asyncio.sleep(0)
+        assert events == [("forwarded", "a", b"4"), ("after", "a", b"4")]
+    finally:
+        loop._selector = original  # type: ignore[attr-defined]
+        for transport, _ in endpoints:
+            transport.close()
