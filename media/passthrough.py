@@ -256,6 +256,7 @@ class ReceiverTap:
         # The loop's clock, read per packet: asyncio.get_running_loop() costs a getpid()
         # system call each time (it checks for a fork), ~3 % of the server under load.
         self._clock: Callable[[], float] | None = None
+        # Queues a packet's work after forwarding: the loop's AfterForwarding, bound with the clock.
         self._later: Callable[[Callable[..., None], tuple], None] = _run_now
         self.upstream_estimate: int | None = None  # bits/s, aiortc's estimate of this stream
         self._original_send_rtcp = receiver._send_rtcp
