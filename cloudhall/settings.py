@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import math
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -150,17 +151,21 @@ def _parse_list(raw: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in raw.split(",") if part.strip())
 
 
-def _parse_port(raw: str) -> int:
-    port = int(raw)
-    if not 0 <= port <= 65535:
-        raise ValueError("expected a port number 0-65535")
-    return port
+def _within(parse: Callable[[str], T], low: float, high: float, what: str) -> Callable[[str], T]:
+    """``parse``, then refuse a value outside [low, high] (nan included) naming ``what``."""
+    def inner(raw: str) -> T:
+        value = parse(raw)
+        if not low <= value <= high:  # type: ignore[operator]
+            raise ValueError(f"expected {what} from {low:g} to {high:g}")
+        return value
+
+    return inner
 
 
 def _positive(parse: Callable[[str], T]) -> Callable[[str], T]:
     def inner(raw: str) -> T:
         value = parse(raw)
-        if value <= 0:  # type: ignore[operator]
+        if not 0 < value < math.inf:  # type: ignore[operator]  # also refuses nan and inf
             raise ValueError("expected a positive number")
         return value
 
@@ -168,20 +173,6 @@ def _positive(parse: Callable[[str], T]) -> Callable[[str], T]:
 
 
 UDP_RECEIVE_BUFFER_KB_MAX = 1024 * 1024  # 1 GiB: setsockopt takes a C int of bytes
-
-
-def _receive_buffer_kb(raw: str) -> int:
-    value = int(raw)
-    if not 0 < value <= UDP_RECEIVE_BUFFER_KB_MAX:
-        raise ValueError(f"expected KiB from 1 to {UDP_RECEIVE_BUFFER_KB_MAX}")
-    return value
-
-
-def _coalesce_ms(raw: str) -> float:
-    value = float(raw)
-    if not 0 <= value <= 10:  # also refuses nan
-        raise ValueError("expected milliseconds from 0 (off) to 10")
-    return value
 
 
 def _parse_db_url(raw: str) -> str:
@@ -262,7 +253,7 @@ class _EnvReader:
             )
         http = HttpSettings(
             host=self.get("HOST", str, "127.0.0.1"),
-            port=self.get("PORT", _parse_port, 8080),
+            port=self.get("PORT", _within(int, 0, 65535, "a port number"), 8080),
             secret_key=secret or _secret_from_file(data_dir),
             cookie_secure=self.get("COOKIE_SECURE", _parse_bool, False),
             session_ttl_seconds=self.get("SESSION_TTL_SECONDS", _positive(int), 12 * 3600),
@@ -304,8 +295,8 @@ class _EnvReader:
             allow_loopback=self.get("MEDIA_ALLOW_LOOPBACK", _parse_bool, True),
             recordings_dir=Path(self.get("RECORDINGS_DIR", str, str(data_dir / "recordings"))),
             subscriber_backlog_kb=self.get("SUBSCRIBER_BACKLOG_KB", _positive(int), 256),
-            udp_receive_buffer_kb=self.get("UDP_RECEIVE_BUFFER_KB", _receive_buffer_kb, 1024),
-            wakeup_coalesce_ms=self.get("MEDIA_WAKEUP_COALESCE_MS", _coalesce_ms, 1.0),
+            udp_receive_buffer_kb=self.get("UDP_RECEIVE_BUFFER_KB", _within(int, 1, UDP_RECEIVE_BUFFER_KB_MAX, "KiB"), 1024),
+            wakeup_coalesce_ms=self.get("MEDIA_WAKEUP_COALESCE_MS", _within(float, 0, 10, "milliseconds (0: off)"), 1.0),
         )
         return Settings(
             http=http,

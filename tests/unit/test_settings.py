@@ -73,6 +73,9 @@ def test_values_are_parsed(tmp_path: Path) -> None:
         ("LOGIN_MAX_FAILURES", "-1", "CLOUDHALL_LOGIN_MAX_FAILURES"),
         ("LOGIN_LOCKOUT_SECONDS", "soon", "CLOUDHALL_LOGIN_LOCKOUT_SECONDS"),
         ("RING_TIMEOUT_SECONDS", "0", "CLOUDHALL_RING_TIMEOUT_SECONDS"),
+        ("RECONNECT_GRACE_SECONDS", "nan", "CLOUDHALL_RECONNECT_GRACE_SECONDS"),  # passed "positive" once
+        ("QUEUE_LIMIT_SECONDS", "inf", "CLOUDHALL_QUEUE_LIMIT_SECONDS"),
+        ("PORT", "65536", "CLOUDHALL_PORT"),
         ("STUN_URLS", "turn:x", "CLOUDHALL_STUN_URLS"),
         ("TURN_URLS", "stun:x", "CLOUDHALL_TURN_URLS"),
         ("TURN_URLS", "turn:x:3478", "CLOUDHALL_TURN_SECRET"),
