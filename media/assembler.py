@@ -7,13 +7,16 @@ This replaces aiortc's jitter buffer on the server's receivers (installed by
   packet since the previous frame is present, instead of when the *next* frame starts
   (aiortc's buffer holds one frame, +33 ms at 30 fps; its audio buffer prefetches 4 packets,
   +80 ms). Audio packets are released as they arrive.
-- it knows the sequence numbers, so it *sees* gaps: after a hole that retransmission (the
-  receiver still NACKs) did not fill within ``max_wait`` seconds (0.5 s until the link's round
+- it knows the sequence numbers, so it *sees* gaps: after a hole (a packet missing while a
+  later one is here) that retransmission (the receiver still NACKs) did not fill within
+  ``max_wait`` seconds (0.5 s until the link's round
   trip is known, then 1.5 x RTT + 0.1 s within 0.3-1.5 s, set by the session: shorter would
   turn every loss on a long island link into a keyframe) it drops everything up to the next frame start,
   reports picture loss (the caller asks the sender for a keyframe) and drops every frame
   until a keyframe arrives. Forwarding a frame that references a lost one corrupts the
-  picture at every subscriber and in the recording.
+  picture at every subscriber and in the recording. A frame that is still arriving, with
+  nothing after it missing, is not a hole however long it takes: a browser paces a key frame
+  out at 2.5 times its bitrate and an island link may take seconds to carry it.
 - it is bounded: at most ``max_packets`` packets are held.
 
 Nothing here touches aiortc: it works on plain values.
@@ -76,6 +79,7 @@ class FrameAssembler:
         # parts, marker). Packets are only added between scans, so the next one resumes here
         # instead of walking the frame again (an 11-packet screen frame cost 66 steps, not 11).
         self._scan: tuple[int, int, list[bytes], bool] | None = None
+        self._newest: int | None = None  # the newest sequence number pushed
         self.need_keyframe = kind == "video"
         self.frames = 0
         self.dropped_frames = 0  # complete frames dropped while waiting for a keyframe
@@ -94,6 +98,8 @@ class FrameAssembler:
             return
         if self._next_seq is None and not self._pending:
             self._on_picture_loss()
+        if self._newest is None or seq_newer_or_equal(seq, self._newest):
+            self._newest = seq
         self._pending[seq] = (timestamp, marker, frame_start, data, now)
         self._drain(now)
 
@@ -105,6 +111,8 @@ class FrameAssembler:
             return
         if self._next_seq is None and not self._pending:
             return
+        if self._newest is None or seq_newer_or_equal(seq, self._newest):
+            self._newest = seq
         self._pending[seq] = (-1, False, False, None, now)  # type: ignore[assignment]
         self._drain(now)
 
@@ -139,14 +147,21 @@ class FrameAssembler:
                 self._blocked_since = None
                 self._emit(*frame)
                 continue
-            if self._blocked_since is None:
-                self._blocked_since = now
-            if (
-                now - self._blocked_since < self.max_wait
-                and len(self._pending) < self._max_packets
-            ):
-                return
+            if self._arriving():
+                self._blocked_since = None
+                if len(self._pending) < self._max_packets:
+                    return
+            else:
+                if self._blocked_since is None:
+                    self._blocked_since = now
+                if now - self._blocked_since < self.max_wait and len(self._pending) < self._max_packets:
+                    return
             self._skip_gap()
+
+    def _arriving(self) -> bool:
+        """Whether the frame at _next_seq is whole up to the newest packet: still arriving, no hole."""
+        scan = self._scan
+        return scan is not None and scan[0] == self._next_seq and scan[1] == self._newest
 
     def _collect(self, seq: int) -> tuple[bytes, int, bool, float, int] | None:
         """The frame starting at ``seq`` if all its packets are here, and the seq after it."""

@@ -147,3 +147,24 @@ def test_resumed_scans_release_exactly_what_rescanning_releases(frames, rng, fir
             assembler.push(*packet, now=n * 0.01)
         results.append((got, assembler.gaps, assembler.dropped_frames))
     assert results[0] == results[1]
+
+
+def test_a_frame_still_arriving_is_not_a_hole_however_long_it_takes():
+    # A key frame paced out over an island link: 150 packets, 20 ms apart (3 s), nothing missing.
+    c = Collector(max_wait=0.3)
+    parts = [KEY] + [b"p%d" % i for i in range(149)]
+    for i, part in enumerate(parts):
+        c.assembler.push(1000 + i, 3000, i == len(parts) - 1, i == 0, part, 0.02 * i)
+    assert c.frames == [(b"".join(parts), 3000, True)]
+    assert c.assembler.gaps == 0
+    c.frame(1150, 6000, [DELTA, b"d"], now=3.1)  # and the stream goes on from it
+    assert [f[1] for f in c.frames] == [3000, 6000]
+
+
+def test_a_hole_inside_a_frame_still_arriving_is_a_hole():
+    c = Collector(max_wait=0.3)
+    c.frame(0, 0, [KEY])
+    c.assembler.push(1, 3000, False, True, DELTA, 0.0)
+    for i in range(3, 30):  # seq 2 is missing while the rest of the frame keeps coming
+        c.assembler.push(i, 3000, False, False, b"x", 0.02 * i)
+    assert c.assembler.gaps == 1, "a missing packet with later ones present gives up after max_wait"
