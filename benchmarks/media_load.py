@@ -8,10 +8,14 @@ one asyncio loop) and is either ``passthrough`` (media.MediaServer + recordings'
 SessionRecorder) or ``stock`` (aiortc MediaRelay forwarding + MediaRecorder per track, the
 baseline). Clients run in separate processes and send *pre-encoded*, pre-packetized VP8/Opus
 loops (encoded once at start, keyframe at the loop start and on PLI; :class:`PacedLoop`,
-straight to the socket through ``media.passthrough.SenderLink``) and count frames with the
-passthrough tap instead of decoding, so that a 2-core machine can drive many calls; a trailer with the
-send time on every video frame gives the one-hop latency (client -> server -> client; the
-stock server re-encodes, so there it cannot be read).
+straight to the socket through ``media.passthrough.SenderLink``; video paced out at 2.5 times
+its rate, as Chromium's pacer does, unless ``--burst``) and count frames with the passthrough tap
+instead of decoding, so that a 2-core machine can drive many calls. A trailer on every video
+frame's last packet carries its capture and send times: frames are counted by capture time
+(those captured in the window), and the send time gives the one-hop latency (client -> server
+-> client, which includes the receiving client's own delay) and, read by the server as it
+forwards the packet, the server's share of it ("srv"). The stock server re-encodes, so there
+neither can be read.
 
 Prints, per server kind and K: server CPU per call (% of one core), RSS per call, receiver
 frame rate (% of sent, worst route and mean), packet loss, event-loop lag p99, call set-up
@@ -44,6 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 MAGIC = b"CHLT"
+STAMP = struct.Struct("!dd")  # before MAGIC on a video frame's last packet: capture time, send time
 ROUTES = {  # participant -> (own sources, wanted roles)
     "outlet": (("camera", "screen", "microphone"), ("remote:camera", "remote:microphone")),
     "agent": (("camera", "microphone"), ("remote:camera", "remote:screen", "remote:microphone")),
@@ -148,6 +153,9 @@ async def _serve(mode: str, port_queue: Any, record_dir: str, coalesce_ms: float
     import gc
 
     gc.callbacks.append(on_gc)
+    hops: list[float] = []  # client's send -> the server's send of a frame's last packet, seconds
+    if mode.startswith("passthrough"):
+        _measure_server_hop(hops)
     backend: Any = (PassthroughBackend(record_dir, record="norec" not in mode, coalesce_ms=coalesce_ms)
                     if mode.startswith("passthrough")
                     else StockBackend(record_dir))
@@ -171,6 +179,8 @@ async def _serve(mode: str, port_queue: Any, record_dir: str, coalesce_ms: float
         gc_pauses.clear()
         gc_young_max[0] = 0.0
         p99 = values[int(len(values) * 0.99)] if values else 0.0
+        hop = sorted(hops)
+        hops.clear()
         with open("/proc/thread-self/schedstat") as f:  # ns on CPU, ns runnable but waiting for a CPU
             on_cpu, waiting = (int(x) for x in f.read().split()[:2])
         return web.json_response({"cpu": times.user + times.system, "sys": times.system,
@@ -179,6 +189,9 @@ async def _serve(mode: str, port_queue: Any, record_dir: str, coalesce_ms: float
                                   "lag_p99": p99, "threads": process.num_threads(),
                                   "switches": sum(process.num_ctx_switches()),
                                   "gc2_max": gc_pause_max, "gc2_count": gc_count, "gc_young_max": gc_young,
+                                  "gc_tracked": len(gc.get_objects()),
+                                  "server_hop_p50": _pct(hop, 0.5) if hop else float("nan"),
+                                  "server_hop_p95": _pct(hop, 0.95) if hop else float("nan"),
                                   "states": backend.states()})
 
     async def shutdown(request: web.Request) -> web.Response:
@@ -206,6 +219,28 @@ class _NullRecordingEvents:
 
     def recording_failed(self, session_id: str, reason: str) -> None:
         print(f"recording failed: {session_id}: {reason}", file=sys.stderr)
+
+
+def _measure_server_hop(samples: list[float]) -> None:
+    """Time from a client's send to the server's send of each stamped packet (a video frame's last).
+
+    The one-hop latency the clients measure also holds the receiving client's own delay, and
+    at 30 calls the clients' core is as busy as the server's; this is the server's share
+    alone (the kernel's loopback and the wait in the server's socket buffer included).
+    Costs a wrapper call per forwarded packet (~0.3 us of the ~35 us each costs).
+    """
+    from media.passthrough import SenderLink
+
+    send = SenderLink.send
+
+    def measured(self: Any, seq: int, timestamp: int, marker: int, payload: bytes, wall: float,
+                 level: int | None = None) -> int:
+        sent = send(self, seq, timestamp, marker, payload, wall, level)
+        if marker and sent > 0 and payload[-4:] == MAGIC:
+            samples.append(time.time() - struct.unpack("!d", payload[-12:-4])[0])
+        return sent
+
+    SenderLink.send = measured  # type: ignore[method-assign]
 
 
 class PassthroughBackend:
@@ -354,9 +389,10 @@ class StockBackend:
 
 
 # --------------------------------------------------------------------------- client side
-def client_main(calls: list[str], port: int, loops: dict[str, list[bytes]], results: Any, control: Any) -> None:
+def client_main(calls: list[str], port: int, loops: dict[str, list[bytes]], results: Any, control: Any,
+                paced: bool = True) -> None:
     logging.basicConfig(level=logging.WARNING)
-    asyncio.run(_clients(calls, port, loops, results, control))
+    asyncio.run(_clients(calls, port, loops, results, control, paced))
 
 
 class LoopTrack:
@@ -394,7 +430,8 @@ class LoopTrack:
                 data = frames[self.index % len(frames)]
                 self.index = (self.index + 1) % len(frames)
                 if kind == "video":
-                    data = data + struct.pack("!d", time.time()) + MAGIC
+                    now = time.time()
+                    data = data + STAMP.pack(now, now) + MAGIC
                 pts = int(self.sent * self.clock / RATES[source])
                 self.sent += 1
                 return passthrough.make_packet(data, pts, self.clock)
@@ -408,6 +445,7 @@ class Counter:
     def __init__(self) -> None:
         self.arrivals: list[float] = []
         self.latency: list[float] = []
+        self.captured: list[float] = []  # video: when each frame was captured (its loop tick)
         self.received = 0
         self.first_seq: int | None = None
         self.ext_max = 0
@@ -462,6 +500,39 @@ def add_loop_senders(pc: Any, participant: str, loops: dict[str, list[bytes]],
 
 CLIENT_COALESCE_MS = 1.0
 VP8_CHUNK = 1296  # aiortc's packetizer: 1300-byte payloads, 4 of them its payload descriptor
+# Chromium's pacer sends video at 2.5 times the encoder's target rate (its pace multiplier)
+# and, when it has to wait, wakes again after its 5 ms process interval; audio is not paced.
+PACE_MULTIPLIER = 2.5
+PACE_INTERVAL = 0.005
+
+
+class Pacer:
+    """One timer for every paced stream of a client process that has packets waiting.
+
+    A timer per stream cost the clients ~8 % of their core at 30 calls (each key frame took
+    100-140 wake-ups); they share one core and must not be what limits K.
+    """
+
+    def __init__(self) -> None:
+        self.waiting: dict[PacedLoop, None] = {}  # streams with packets left, in the order they queued
+        self.handle: asyncio.TimerHandle | None = None
+
+    def wake(self, stream: PacedLoop) -> None:
+        self.waiting[stream] = None
+        if self.handle is None:
+            self.handle = asyncio.get_running_loop().call_later(PACE_INTERVAL, self._tick)
+
+    def forget(self, stream: PacedLoop) -> None:
+        self.waiting.pop(stream, None)
+
+    def _tick(self) -> None:
+        for stream in list(self.waiting):
+            if not stream.pace():
+                del self.waiting[stream]
+        self.handle = asyncio.get_running_loop().call_later(PACE_INTERVAL, self._tick) if self.waiting else None
+
+
+PACER = Pacer()
 
 
 class PacedLoop:
@@ -474,9 +545,16 @@ class PacedLoop:
     sends: VP8 payload descriptors with a 15-bit picture id, marker on a frame's last packet,
     abs-send-time for the server's estimator; the server's NACKs are answered from the
     link's history and its PLIs restart the loop at its key frame.
+
+    Video is paced as Chromium paces it (:data:`PACE_MULTIPLIER` times the loop's average
+    rate, :data:`PACE_INTERVAL` between wake-ups while packets wait): a browser never puts a
+    frame's packets on the wire at once, and these loops' key frames (a loop starts with one,
+    every 2 s) are 125-176 packets. ``paced=False`` sends each frame's packets in one go,
+    as this benchmark did before 2026-12-03 (``--burst``). The one-hop latency stamp is the
+    time the frame's last packet is handed to the socket, either way.
     """
 
-    def __init__(self, transceiver: Any, source: str, frames: list[bytes]) -> None:
+    def __init__(self, transceiver: Any, source: str, frames: list[bytes], paced: bool = True) -> None:
         import random
 
         from media import passthrough
@@ -496,6 +574,11 @@ class PacedLoop:
         self.picture_id = random.randint(0, 0x7FFF)
         self.start: float | None = None
         self.handle: asyncio.TimerHandle | None = None
+        self.paced = paced and self.video
+        self.pace_rate = PACE_MULTIPLIER * sum(map(len, frames)) * RATES[source] / len(frames)  # bytes/s
+        self.waiting: deque[tuple[int, int, int, bytes, float]] = deque()  # seq, timestamp, last, payload, captured
+        self.debt = 0.0  # bytes sent ahead of the pace, as of debt_at
+        self.debt_at = 0.0
 
     def keyframe(self) -> None:
         if self.video:
@@ -507,6 +590,7 @@ class PacedLoop:
     def stop(self) -> None:
         if self.handle is not None:
             self.handle.cancel()
+        PACER.forget(self)
 
     def _tick(self) -> None:
         loop = asyncio.get_running_loop()
@@ -519,26 +603,41 @@ class PacedLoop:
         chunks = self.frames[self.index]
         self.index = (self.index + 1) % len(self.frames)
         timestamp = (self.timestamp + self.sent * self.step) & 0xFFFFFFFF
-        send = self.link.send
         if self.video:
             descriptor = struct.pack("!H", 0x8000 | self.picture_id)
             self.picture_id = (self.picture_id + 1) & 0x7FFF
             last = len(chunks) - 1
             for i, chunk in enumerate(chunks):
-                payload = (b"\x90\x80" if i == 0 else b"\x80\x80") + descriptor + chunk
-                if i == last:  # the send time, for the one-hop latency
-                    payload += struct.pack("!d", wall) + MAGIC
-                send(self.seq, timestamp, int(i == last), payload, wall)
+                self.waiting.append((self.seq, timestamp, int(i == last),
+                                     (b"\x90\x80" if i == 0 else b"\x80\x80") + descriptor + chunk, wall))
                 self.seq = (self.seq + 1) & 0xFFFF
+            if self.pace():
+                PACER.wake(self)
         else:
-            send(self.seq, timestamp, 0, chunks[0], wall)
+            self.link.send(self.seq, timestamp, 0, chunks[0], wall)
             self.seq = (self.seq + 1) & 0xFFFF
         self.sent += 1
         self.handle = loop.call_at(self.start + self.sent / RATES[self.source], self._tick)
 
+    def pace(self) -> bool:
+        """Send what the pace allows now (everything, unpaced); returns whether packets still wait."""
+        now = asyncio.get_running_loop().time()
+        self.debt = max(0.0, self.debt - (now - self.debt_at) * self.pace_rate)
+        self.debt_at = now
+        allowance = self.pace_rate * PACE_INTERVAL if self.paced else float("inf")
+        waiting, send = self.waiting, self.link.send
+        while waiting and self.debt < allowance:
+            seq, timestamp, last, payload, captured = waiting.popleft()
+            wall = time.time()
+            if last:  # when captured (frames counted per window) and sent (the one-hop latency)
+                payload += STAMP.pack(captured, wall) + MAGIC
+            send(seq, timestamp, last, payload, wall)
+            self.debt += len(payload)
+        return bool(waiting)
+
 
 async def _connect(session: str, participant: str, port: int, loops: dict[str, list[bytes]],
-                   counters: dict[str, Counter]) -> tuple[Any, list[PacedLoop]]:
+                   counters: dict[str, Counter], paced: bool = True) -> tuple[Any, list[PacedLoop]]:
     import aiohttp
     from aiortc import RTCBundlePolicy, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
@@ -549,7 +648,7 @@ async def _connect(session: str, participant: str, port: int, loops: dict[str, l
     sources = []
     for source in ROUTES[participant][0]:
         t = pc.addTransceiver("audio" if source == "microphone" else "video", direction="sendonly")
-        sources.append(PacedLoop(t, source, loops[source]))
+        sources.append(PacedLoop(t, source, loops[source], paced))
         roles.append((t, source))
     for role in ROUTES[participant][1]:
         kind = "audio" if role.endswith("microphone") else "video"
@@ -560,7 +659,9 @@ async def _connect(session: str, participant: str, port: int, loops: dict[str, l
             wall = time.time()
             counter.arrivals.append(wall)
             if data.endswith(MAGIC):
-                counter.latency.append(wall - struct.unpack("!d", data[-12:-4])[0])
+                captured, sent = STAMP.unpack(data[-4 - STAMP.size:-4])
+                counter.captured.append(captured)
+                counter.latency.append(wall - sent)
 
         def on_packet(seq: int, *rest: Any, counter: Counter = counter) -> None:
             counter.packet(seq)
@@ -579,12 +680,13 @@ async def _connect(session: str, participant: str, port: int, loops: dict[str, l
             response.raise_for_status()
             answer = await response.json()
     await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
-    for paced in sources:
-        paced.begin()
+    for source in sources:
+        source.begin()
     return pc, sources
 
 
-async def _clients(calls: list[str], port: int, loops: dict[str, list[bytes]], results: Any, control: Any) -> None:
+async def _clients(calls: list[str], port: int, loops: dict[str, list[bytes]], results: Any, control: Any,
+                   paced: bool = True) -> None:
     from media import passthrough
 
     # The clients wake up per window of packets too (as the server does): they share one core
@@ -592,17 +694,17 @@ async def _clients(calls: list[str], port: int, loops: dict[str, list[bytes]], r
     passthrough.install_wakeup_coalescing(asyncio.get_running_loop(), CLIENT_COALESCE_MS / 1000)
     counters: dict[str, dict[str, dict[str, Counter]]] = {}
     pcs = []
-    paced: list[PacedLoop] = []
+    sending: list[PacedLoop] = []
     setup: list[float] = []
     for session in calls:
         counters[session] = {"outlet": {}, "agent": {}}
-        pc, sources = await _connect(session, "outlet", port, loops, counters[session]["outlet"])
+        pc, sources = await _connect(session, "outlet", port, loops, counters[session]["outlet"], paced)
         pcs.append(pc)
-        paced += sources
+        sending += sources
         started = time.time()
-        pc, sources = await _connect(session, "agent", port, loops, counters[session]["agent"])
+        pc, sources = await _connect(session, "agent", port, loops, counters[session]["agent"], paced)
         pcs.append(pc)
-        paced += sources
+        sending += sources
         camera = counters[session]["agent"]["remote:camera"]
         deadline = time.time() + 20
         while not camera.arrivals and time.time() < deadline:
@@ -612,7 +714,7 @@ async def _clients(calls: list[str], port: int, loops: dict[str, list[bytes]], r
     loop = asyncio.get_running_loop()
 
     def packets() -> int:  # RTP packets these clients sent to the server and got from it, so far
-        sent = sum(p.link.packets for p in paced)
+        sent = sum(p.link.packets for p in sending)
         return sent + sum(c.received for parts in counters.values() for routes in parts.values()
                           for c in routes.values())
 
@@ -624,21 +726,25 @@ async def _clients(calls: list[str], port: int, loops: dict[str, list[bytes]], r
     window_packets = packets() - packets_start
     window_loss = {id(c): c.loss_since(marks[id(c)])
                    for parts in counters.values() for routes in parts.values() for c in routes.values()}
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(1.0)  # frames sent at the window's end: a paced key frame takes ~0.7 s
     report = []
     for session, parts in counters.items():
         for participant, routes in parts.items():
             for role, counter in routes.items():
                 source = role.split(":")[1]
-                got = sum(1 for a in counter.arrivals if window_start <= a < window_end)
-                lat = [x for a, x in zip(counter.arrivals[-len(counter.latency):], counter.latency)
-                       if window_start <= a < window_end] if counter.latency else []
+                stamped = list(zip(counter.arrivals[-len(counter.latency):], counter.latency)) \
+                    if counter.latency else []
+                if counter.captured:  # video: the frames captured in the window, however late the pacer sent them
+                    got = sum(1 for c in counter.captured if window_start <= c < window_end)
+                else:
+                    got = sum(1 for a in counter.arrivals if window_start <= a < window_end)
+                lat = [x for a, x in stamped if window_start <= a < window_end]
                 report.append({"route": f"{participant}<-{source}", "got": got, "packets": 0,
                                "expected": RATES[source] * (window_end - window_start),
                                "loss": window_loss[id(counter)], "call_loss": counter.loss, "latency": lat})
     report[0]["packets"] = window_packets
     results.put(("report", report))
-    for source in paced:
+    for source in sending:
         source.stop()
     for pc in pcs:
         await pc.close()
@@ -700,7 +806,8 @@ def _pct(values: list[float], q: float) -> float:
 
 
 def run(mode: str, calls: int, seconds: float, loops: dict[str, list[bytes]], processes: int,
-        use_uvloop: bool = False, profile: str = "", pin: bool = False, coalesce_ms: float | None = None) -> dict:
+        use_uvloop: bool = False, profile: str = "", pin: bool = False, coalesce_ms: float | None = None,
+        paced: bool = True) -> dict:
     """One server process of ``mode`` with ``calls`` concurrent calls; returns the figures.
 
     ``pin``: the server alone on the first CPU, the clients (and this process) on the others,
@@ -725,7 +832,8 @@ def run(mode: str, calls: int, seconds: float, loops: dict[str, list[bytes]], pr
     shares = [names[i::processes] for i in range(processes) if names[i::processes]]
     for share in shares:
         control = ctx.Queue()
-        process = ctx.Process(target=client_main, args=(share, port, loops, results, control), daemon=True)
+        process = ctx.Process(target=client_main, args=(share, port, loops, results, control, paced),
+                              daemon=True)
         process.start()
         controls.append(control)
         clients.append(process)
@@ -782,7 +890,8 @@ def run(mode: str, calls: int, seconds: float, loops: dict[str, list[bytes]], pr
     ratios = [r["got"] / r["expected"] for r in reports]
     latency = [x for r in reports for x in r["latency"]]
     return {
-        "mode": mode + ("+uvloop" if use_uvloop else "") + (f"+co{coalesce_ms:g}" if coalesce_ms is not None else ""),
+        "mode": mode + ("+uvloop" if use_uvloop else "") + (f"+co{coalesce_ms:g}" if coalesce_ms is not None else "")
+        + ("" if paced else "+burst"),
         "calls": calls, "states": after["states"],
         "cpu_per_call_pct": 100 * (after["cpu"] - before["cpu"]) / seconds / calls,
         "cpu_total_pct": 100 * (after["cpu"] - before["cpu"]) / seconds,
@@ -813,6 +922,7 @@ def run(mode: str, calls: int, seconds: float, loops: dict[str, list[bytes]], pr
         # Full (generation 2) garbage collections in the window and the longest pause one caused.
         "gc2_collections": after["gc2_count"], "gc2_max_ms": 1000 * after["gc2_max"],
         "gc_young_max_ms": 1000 * after["gc_young_max"],
+        "gc_tracked": after["gc_tracked"],  # objects a full collection walks (the frozen start-up heap excluded)
         "rss_per_call_mb": (after["rss"] - idle["rss"]) / calls / 2**20,
         "fps_worst_pct": 100 * min(ratios), "fps_mean_pct": 100 * statistics.mean(ratios),
         # Worst route's RTP loss in the window (and over its whole call, set-up included).
@@ -821,6 +931,8 @@ def run(mode: str, calls: int, seconds: float, loops: dict[str, list[bytes]], pr
         "lag_p99_ms": 1000 * after["lag_p99"],
         "setup_p50_s": _pct(setup, 0.5), "setup_p95_s": _pct(setup, 0.95),
         "latency_p50_ms": 1000 * _pct(latency, 0.5), "latency_p95_ms": 1000 * _pct(latency, 0.95),
+        "server_hop_p50_ms": 1000 * after.get("server_hop_p50", float("nan")),
+        "server_hop_p95_ms": 1000 * after.get("server_hop_p95", float("nan")),
     }
 
 
@@ -836,6 +948,9 @@ def main() -> None:
                         help="the passthrough server's CLOUDHALL_MEDIA_WAKEUP_COALESCE_MS (default: the product's; 0: off)")
     parser.add_argument("--aiortc-receive", action="store_true",
                         help="passthrough with aiortc's own receive path (A/B for media.passthrough.install_fast_receive)")
+    parser.add_argument("--burst", action="store_true",
+                        help="clients send each video frame's packets at once instead of paced as Chromium "
+                             "does (this benchmark's load shape before 2026-12-03)")
     parser.add_argument("--pin", action="store_true",
                         help="server alone on the first CPU, clients on the others (steadier per-call figures)")
     parser.add_argument("--profile", default="", metavar="PREFIX",
@@ -848,17 +963,18 @@ def main() -> None:
     plan = [(kind, int(k)) for k in args.calls.split(",") if k]
     plan += [("stock", int(k)) for k in args.baseline_calls.split(",") if k]
     header = (f"{'server':<20}{'K':>4}{'cpu/call':>10}{'cpu tot':>9}{'rss/call':>10}{'fps worst':>10}"
-              f"{'fps mean':>9}{'loss':>7}{'lag p99':>9}{'setup p50':>10}{'p95':>7}{'hop p50':>9}{'p95':>8}"
+              f"{'fps mean':>9}{'loss':>7}{'lag p99':>9}{'setup p50':>10}{'p95':>7}{'hop p50':>9}{'p95':>8}{'srv p50':>9}{'p95':>8}"
               f"{'clients cpu':>12}{'loop busy':>10}{'starved':>8}{'us/pkt':>8}{'sys':>6}{'rec drop':>9}{'queued':>7}{'steal':>7}")
     print(header)
     for mode, calls in plan:
         row = run(mode, calls, args.seconds, loops, min(args.client_processes, calls), args.uvloop, args.profile,
-                  args.pin, args.coalesce_ms if mode.startswith("passthrough") else None)
+                  args.pin, args.coalesce_ms if mode.startswith("passthrough") else None, not args.burst)
         rows.append(row)
         print(f"{row['mode']:<20}{row['calls']:>4}{row['cpu_per_call_pct']:>9.1f}%{row['cpu_total_pct']:>8.0f}%"
               f"{row['rss_per_call_mb']:>8.1f}MB{row['fps_worst_pct']:>9.0f}%{row['fps_mean_pct']:>8.0f}%"
               f"{row['loss_pct']:>6.2f}%{row['lag_p99_ms']:>7.1f}ms{row['setup_p50_s']:>9.2f}s"
               f"{row['setup_p95_s']:>6.2f}s{row['latency_p50_ms']:>7.1f}ms{row['latency_p95_ms']:>6.1f}ms"
+              f"{row['server_hop_p50_ms']:>7.1f}ms{row['server_hop_p95_ms']:>6.1f}ms"
               f"{row['client_cpu_pct']:>11.0f}%{row['loop_busy_pct']:>9.0f}%{row['loop_starved_pct']:>7.0f}%"
               f"{row['us_per_packet']:>8.1f}{row['sys_pct']:>5.0f}%{row['recorder_dropped']:>9}{row['recorder_queued']:>7}"
               f"{row['steal_pct']:>6.1f}%",
