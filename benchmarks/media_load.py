@@ -227,7 +227,7 @@ def _measure_server_hop(samples: list[float]) -> None:
     The one-hop latency the clients measure also holds the receiving client's own delay, and
     at 30 calls the clients' core is as busy as the server's; this is the server's share
     alone (the kernel's loopback and the wait in the server's socket buffer included).
-    Costs a wrapper call per forwarded packet (~0.3 us of the ~35 us each costs).
+    Costs a wrapper call per forwarded packet (~0.05-0.1 us of the ~30 us each costs).
     """
     from media.passthrough import SenderLink
 
@@ -509,8 +509,9 @@ PACE_INTERVAL = 0.005
 class Pacer:
     """One timer for every paced stream of a client process that has packets waiting.
 
-    A timer per stream cost the clients ~8 % of their core at 30 calls (each key frame took
-    100-140 wake-ups); they share one core and must not be what limits K.
+    With a timer per stream, each key frame woke a client process 100-140 times and 30 calls
+    kept ~90 streams waking; one timer wakes a process at most 1 / PACE_INTERVAL times a
+    second. The clients share one core and must not be what limits K.
     """
 
     def __init__(self) -> None:
@@ -541,8 +542,8 @@ class PacedLoop:
     The load clients must cost far less than the server they load (both share a 2-core
     machine), and aiortc's own sender path (a task per track, packetizing and an RTP packet
     object per packet) cost them more CPU than the server spent forwarding and recording.
-    Here each frame's packets go out from one timer callback, with the same RTP the browser
-    sends: VP8 payload descriptors with a 15-bit picture id, marker on a frame's last packet,
+    Here each frame's packets are made in one timer callback (its capture), with the RTP a
+    browser sends: VP8 payload descriptors with a 15-bit picture id, marker on a frame's last packet,
     abs-send-time for the server's estimator; the server's NACKs are answered from the
     link's history and its PLIs restart the loop at its key frame.
 
@@ -550,8 +551,8 @@ class PacedLoop:
     rate, :data:`PACE_INTERVAL` between wake-ups while packets wait): a browser never puts a
     frame's packets on the wire at once, and these loops' key frames (a loop starts with one,
     every 2 s) are 125-176 packets. ``paced=False`` sends each frame's packets in one go,
-    as this benchmark did before 2026-12-03 (``--burst``). The one-hop latency stamp is the
-    time the frame's last packet is handed to the socket, either way.
+    as this benchmark did until 2026-12-03 (``--burst``). The frame's last packet carries the
+    capture time and the time it is handed to the socket (:data:`STAMP`), either way.
     """
 
     def __init__(self, transceiver: Any, source: str, frames: list[bytes], paced: bool = True) -> None:
