@@ -104,7 +104,7 @@ class MediaSettings:
     udp_receive_buffer_kb: int = 1024
     # Under load the event loop gathers this long a window of packets per wake-up instead of
     # waking for each (0: off). Adds at most this much delay per hop; saved ~9 % CPU.
-    wakeup_coalesce_ms: float = 1.0
+    wakeup_coalesce_ms: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -296,7 +296,7 @@ class _EnvReader:
             recordings_dir=Path(self.get("RECORDINGS_DIR", str, str(data_dir / "recordings"))),
             subscriber_backlog_kb=self.get("SUBSCRIBER_BACKLOG_KB", _positive(int), 256),
             udp_receive_buffer_kb=self.get("UDP_RECEIVE_BUFFER_KB", _within(int, 1, UDP_RECEIVE_BUFFER_KB_MAX, "KiB"), 1024),
-            wakeup_coalesce_ms=self.get("MEDIA_WAKEUP_COALESCE_MS", _within(float, 0, 10, "milliseconds (0: off)"), 1.0),
+            wakeup_coalesce_ms=self.get("MEDIA_WAKEUP_COALESCE_MS", _within(float, 0, 10, "milliseconds (0: off)"), 2.0),
         )
         return Settings(
             http=http,

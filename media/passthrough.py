@@ -990,7 +990,7 @@ def after_forwarding(loop: asyncio.AbstractEventLoop) -> AfterForwarding:
     return queue
 
 
-WAKEUP_IDLE_POLLS = 20  # empty polls in a row (~20 ms) after which the loop blocks again
+WAKEUP_IDLE_POLLS = 20  # empty polls in a row (20 naps) after which the loop blocks again
 
 
 class _CoalescingSelector:

@@ -21,7 +21,7 @@ def test_defaults_are_the_embedded_mode(tmp_path: Path) -> None:
     assert settings.redis.url == ""
     assert settings.media.recordings_dir == tmp_path / "recordings"
     assert settings.media.udp_receive_buffer_kb == 1024
-    assert settings.media.wakeup_coalesce_ms == 1.0
+    assert settings.media.wakeup_coalesce_ms == 2.0
     assert settings.http.cookie_secure is False
     # A random secret is generated once and kept, so sessions survive a restart.
     assert len(settings.http.secret_key) >= 32
