@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-KEYFRAME_MIN_INTERVAL = 0.5  # seconds between keyframe requests sent upstream for one source
+KEYFRAME_MIN_INTERVAL = 0.5  # seconds between keyframe requests sent upstream for one source, at least
 GOP_MAX_FRAMES = 600  # frames kept since the last keyframe, for snapshots
 GOP_MAX_BYTES = 8 * 1024 * 1024
 SOURCE_KINDS = {"camera": "video", "screen": "video", "microphone": "audio"}
@@ -193,6 +193,8 @@ class SourceRelay:
         self.last_frame_at: float | None = None  # loop time
         self.last_frame_wall: float | None = None
         self._last_keyframe_request = -1e9
+        # Longer on a long link: a key frame asked for comes no sooner (MediaSession._adapt_repair_wait).
+        self.keyframe_interval = KEYFRAME_MIN_INTERVAL
         self._tasks: set[asyncio.Task[None]] = set()
         self.gop: list[bytes] = []
         self._gop_bytes = 0
@@ -355,12 +357,12 @@ class SourceRelay:
 
     # -- feedback upstream -------------------------------------------------------------
     def request_keyframe(self, reason: str, *, force: bool = False) -> None:
-        """Send a PLI upstream, at most once per KEYFRAME_MIN_INTERVAL unless ``force``."""
+        """Send a PLI upstream, at most once per ``keyframe_interval`` unless ``force``."""
         tap = self.tap
         if tap is None or self.kind != "video":
             return
         now = asyncio.get_running_loop().time()
-        if not force and now - self._last_keyframe_request < KEYFRAME_MIN_INTERVAL:
+        if not force and now - self._last_keyframe_request < self.keyframe_interval:
             return
         self._last_keyframe_request = now
         self.keyframe_requests += 1

@@ -227,3 +227,45 @@ async def test_only_a_congested_subscriber_caps_the_sender_and_a_monitor_never_d
     relay.set_remb(island, 50_000)  # a late estimate from a closed subscriber is ignored
     assert upstream.remb_limit is None
     relay.close()
+
+
+async def test_keyframe_requests_upstream_are_spaced_by_the_relay_interval():
+    relay, upstream = make_relay()
+    relay.keyframe_interval = 1.0  # a long link: a key frame asked for takes this long to come
+    relay.request_keyframe("subscriber waits")
+    relay._last_keyframe_request -= 0.6  # 0.6 s later: past the 0.5 s floor, not the link's 1 s
+    relay.request_keyframe("subscriber still waits")
+    await asyncio.sleep(0)
+    assert upstream.plis == 1, "asked again before the first key frame could have arrived"
+    relay.request_keyframe("recorder opened", force=True)
+    await asyncio.sleep(0)
+    assert upstream.plis == 2  # a forced request is never held back
+    relay._last_keyframe_request -= 1.0  # the link's interval has passed
+    relay.request_keyframe("subscriber still waits")
+    await asyncio.sleep(0)
+    assert upstream.plis == 3
+
+
+async def test_a_long_uplink_waits_longer_for_repairs_and_key_frames(monkeypatch):
+    from types import SimpleNamespace
+
+    from cloudhall.settings import MediaSettings
+    from media import passthrough
+    from media.relay import KEYFRAME_MIN_INTERVAL
+    from media.session import MediaSession, _Peer
+
+    session = MediaSession("s", MediaSettings(), configuration=lambda: None, addresses=[],  # type: ignore[arg-type,return-value]
+                           sink=None, emit=lambda *event: None, media_timeout=10)
+    try:
+        tap = SimpleNamespace(assembler=SimpleNamespace(max_wait=0.5))
+        peer = _Peer("outlet", 0, pc=None, lines=[], taps={"camera": tap})  # type: ignore[arg-type,dict-item]
+        relay = session.relay("outlet", "camera")
+        rtt = {"value": 0.8}  # seconds: a congested island link
+        monkeypatch.setattr(passthrough, "round_trip_time", lambda pc: rtt["value"])
+        session._adapt_repair_wait(peer)
+        assert tap.assembler.max_wait == relay.keyframe_interval == 1.5 * 0.8 + 0.1
+        rtt["value"] = 0.02  # a short link: the floors
+        session._adapt_repair_wait(peer)
+        assert tap.assembler.max_wait == 0.3 and relay.keyframe_interval == KEYFRAME_MIN_INTERVAL
+    finally:
+        await session.end()
