@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from cloudhall.settings import MediaSettings
 from media import passthrough
 from media.estimator import RemoteBitrateEstimator
 from tests.media.peers import SyntheticVideo, ToneAudio, wait_for
@@ -23,7 +24,8 @@ async def test_call_forwards_every_track_at_full_rate_without_any_codec(media_en
     await agent.connect()
     # The media server made the loop gather packets per wake-up (settings' default window).
     selector = asyncio.get_running_loop()._selector  # type: ignore[attr-defined]
-    assert isinstance(selector, passthrough._CoalescingSelector) and selector.window == 0.001
+    assert isinstance(selector, passthrough._CoalescingSelector)
+    assert selector.window == MediaSettings().wakeup_coalesce_ms / 1000
     # No aiortc bandwidth estimator on the server (its rate counter is 1,000 objects that every
     # full garbage collection walks): ours on published streams, none on forwarding transceivers.
     for session_id in server.session_ids:
