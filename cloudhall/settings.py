@@ -103,7 +103,8 @@ class MediaSettings:
     # net.core.rmem_max (docs/operations.md).
     udp_receive_buffer_kb: int = 1024
     # Under load the event loop gathers this long a window of packets per wake-up instead of
-    # waking for each (0: off). Adds at most this much delay per hop; saved ~9 % CPU.
+    # waking for each (0: off). Adds at most this much delay per hop; 1 ms saved ~9 % CPU against
+    # none, 2 ms ~3 % more per packet at 30 calls (docs/operations.md).
     wakeup_coalesce_ms: float = 2.0
 
 
